@@ -1,0 +1,108 @@
+import { randomUUID } from "node:crypto";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import type { Kysely } from "kysely";
+import { AgentService } from "../gen/parley/v1/agent_pb.js";
+import { MessageService } from "../gen/parley/v1/message_pb.js";
+import { SessionService } from "../gen/parley/v1/session_pb.js";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
+import { createModelRegistry, type ModelRegistry } from "./ask/models/registry.js";
+import { bootstrapIfEmpty, type BootstrapResult } from "./auth/bootstrap.js";
+import { createAuthInterceptor } from "./auth/interceptor.js";
+import type { Config } from "./config.js";
+import { openDatabase, type DatabaseHandle } from "./db/database.js";
+import { migrateToLatest } from "./db/migrate.js";
+import type { Database } from "./db/schema.js";
+import { createErrorInterceptor } from "./errors.js";
+import { createLogger, type Logger } from "./log.js";
+import { createPageTokenCodec, type PageTokenCodec } from "./pagination.js";
+import { createAgentService } from "./services/agent-service.js";
+import { createHealthMonitor, createHealthService, type HealthMonitor } from "./services/health-service.js";
+import { createMessageService } from "./services/message-service.js";
+import { createSessionService } from "./services/session-service.js";
+import { loadOrCreateTokenSecret } from "./settings.js";
+
+/** What every service factory receives. */
+export interface ServiceDeps {
+  readonly db: Kysely<Database>;
+  readonly log: Logger;
+  readonly config: Config;
+  readonly pageTokens: PageTokenCodec;
+}
+
+export interface AppOptions {
+  readonly log?: Logger;
+  /** Replaces the model registry built from config.providers (tests use fake models). */
+  readonly models?: ModelRegistry;
+  /** An already open database (tests share one across apps). Closed by app.close() only when owned. */
+  readonly database?: DatabaseHandle;
+}
+
+export interface App {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly database: DatabaseHandle;
+  readonly db: Kysely<Database>;
+  readonly health: HealthMonitor;
+  readonly asks: AskRuntime;
+  /** Set when this start created the default tenant and admin key. */
+  readonly bootstrap: BootstrapResult | undefined;
+  /** Identifies this process among replicas (lease owner of the Asks it runs). */
+  readonly replicaId: string;
+  /** Registers every service on a Connect router. */
+  routes(router: ConnectRouter): void;
+  /** Server interceptors, in order: errors outermost, then auth. */
+  readonly interceptors: Interceptor[];
+  /** Lets running Asks finish within graceMs, cancels the rest keeping partial answers, then closes the database. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** The composition root: opens the database, migrates, bootstraps and builds every service. */
+export async function createApp(config: Config, options: AppOptions = {}): Promise<App> {
+  const log = options.log ?? createLogger(config.logLevel);
+  const database =
+    options.database ??
+    (await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir, poolSize: config.dbPoolSize }));
+  const db = database.db;
+  try {
+    if (config.migrateOnStart) await migrateToLatest(db);
+    const bootstrap = config.bootstrap ? await bootstrapIfEmpty(db, config.dataDir) : undefined;
+    const secret = config.tokenSecret ?? (await loadOrCreateTokenSecret(db));
+    const pageTokens = createPageTokenCodec(secret);
+    const replicaId = randomUUID();
+    const models = options.models ?? createModelRegistry(config);
+    const deps: ServiceDeps = { db, log, config, pageTokens };
+    const health = createHealthMonitor(database, log);
+    const asks = createAskRuntime({ ...deps, models, replicaId });
+    const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
+    let closing: Promise<void> | undefined;
+    return {
+      config,
+      log,
+      database,
+      db,
+      health,
+      asks,
+      bootstrap,
+      replicaId,
+      interceptors,
+      routes(router) {
+        router.service(AgentService, createAgentService(deps));
+        router.service(SessionService, createSessionService(deps, asks));
+        router.service(MessageService, createMessageService(deps));
+        router.service(Health, createHealthService(health));
+      },
+      close(graceMs = config.shutdownGraceMs) {
+        closing ??= (async () => {
+          health.stop();
+          await asks.drain(graceMs);
+          if (!options.database) await database.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    if (!options.database) await database.close().catch(() => {});
+    throw err;
+  }
+}

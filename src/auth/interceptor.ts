@@ -1,0 +1,42 @@
+import type { Interceptor } from "@connectrpc/connect";
+import type { Kysely } from "kysely";
+import type { Database } from "../db/schema.js";
+import { unauthenticated } from "../errors.js";
+import { findActiveKeyByHash } from "../repos/api-keys.js";
+import { kCaller, type Caller } from "./caller.js";
+import { hashApiKey } from "./keys.js";
+
+/** Services reachable without a key (health checks from load balancers and meshes). */
+const PUBLIC_SERVICES = new Set(["grpc.health.v1.Health"]);
+
+export interface AuthInterceptorOptions {
+  /** How long a verified key is trusted before it is looked up again (a revoked key stops working within this time). */
+  readonly cacheTtlMs?: number;
+}
+
+/** Verifies `Authorization: Bearer <api key>` and puts the caller into the context (kCaller). */
+export function createAuthInterceptor(db: Kysely<Database>, options: AuthInterceptorOptions = {}): Interceptor {
+  const ttl = options.cacheTtlMs ?? 5_000;
+  const cache = new Map<string, { caller: Caller; expires: number }>();
+  return (next) => async (req) => {
+    if (PUBLIC_SERVICES.has(req.service.typeName)) return next(req);
+    const header = req.header.get("authorization") ?? "";
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!m) throw unauthenticated("missing API key: send the header `Authorization: Bearer <api key>`");
+    const hash = hashApiKey(m[1]!);
+    const now = Date.now();
+    let entry = cache.get(hash);
+    if (!entry || entry.expires < now) {
+      const row = await findActiveKeyByHash(db, hash);
+      if (!row) {
+        cache.delete(hash);
+        throw unauthenticated("invalid or revoked API key");
+      }
+      entry = { caller: { tenantId: row.tenant_id, keyId: row.id, role: row.role }, expires: now + ttl };
+      if (cache.size > 10_000) cache.clear();
+      cache.set(hash, entry);
+    }
+    req.contextValues.set(kCaller, entry.caller);
+    return next(req);
+  };
+}

@@ -1,0 +1,122 @@
+import { resolve } from "node:path";
+
+/** Model provider settings, read from the environment. */
+export interface ProviderConfig {
+  readonly openai?: { readonly apiKey: string; readonly baseURL?: string };
+  readonly anthropic?: { readonly apiKey: string; readonly baseURL?: string };
+  readonly openaiCompatible?: {
+    readonly baseURL: string;
+    readonly apiKey?: string;
+    readonly name: string;
+  };
+}
+
+/** The whole configuration of a Parley process: built once, frozen. */
+export interface Config {
+  /** Interface to listen on. */
+  readonly host: string;
+  /** Port of the one listener (0 picks a free port). */
+  readonly port: number;
+  /** postgres://… for a server, memory:// for ephemeral PGlite, undefined for PGlite under dataDir. */
+  readonly databaseUrl: string | undefined;
+  /** Directory of the embedded database and admin.key. */
+  readonly dataDir: string;
+  /** Max connections of the pg pool. */
+  readonly dbPoolSize: number;
+  /** Run migrations at start. */
+  readonly migrateOnStart: boolean;
+  /** Create a default tenant and admin key on an empty database. */
+  readonly bootstrap: boolean;
+  readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
+  /** How long running Asks may take to finish on shutdown before they are cancelled. */
+  readonly shutdownGraceMs: number;
+  /** Origins allowed by CORS; ["*"] allows any. */
+  readonly corsOrigins: readonly string[];
+  /** Model used by agents whose model is empty. */
+  readonly defaultModel: string;
+  readonly providers: ProviderConfig;
+  /** Interval at which a streaming answer's partial content is written to the database. */
+  readonly flushIntervalMs: number;
+  /** Secret that signs page tokens; undefined: generated once and stored in the database. */
+  readonly tokenSecret: string | undefined;
+  readonly logLevel: string;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min = 0): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) {
+    throw new ConfigError(`${name} must be an integer >= ${min}, got "${raw}"`);
+  }
+  return n;
+}
+
+function bool(env: NodeJS.ProcessEnv, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+}
+
+function providers(env: NodeJS.ProcessEnv): ProviderConfig {
+  const p: {
+    openai?: ProviderConfig["openai"];
+    anthropic?: ProviderConfig["anthropic"];
+    openaiCompatible?: ProviderConfig["openaiCompatible"];
+  } = {};
+  if (env.OPENAI_API_KEY) {
+    p.openai = { apiKey: env.OPENAI_API_KEY, ...(env.OPENAI_BASE_URL ? { baseURL: env.OPENAI_BASE_URL } : {}) };
+  }
+  if (env.ANTHROPIC_API_KEY) {
+    p.anthropic = {
+      apiKey: env.ANTHROPIC_API_KEY,
+      ...(env.ANTHROPIC_BASE_URL ? { baseURL: env.ANTHROPIC_BASE_URL } : {}),
+    };
+  }
+  if (env.OPENAI_COMPATIBLE_BASE_URL) {
+    p.openaiCompatible = {
+      baseURL: env.OPENAI_COMPATIBLE_BASE_URL,
+      name: env.OPENAI_COMPATIBLE_NAME || "openai-compatible",
+      ...(env.OPENAI_COMPATIBLE_API_KEY ? { apiKey: env.OPENAI_COMPATIBLE_API_KEY } : {}),
+    };
+  }
+  return p;
+}
+
+/** Reads the configuration from environment variables (see the README's table). */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Config> = {}): Config {
+  const certFile = env.PARLEY_TLS_CERT;
+  const keyFile = env.PARLEY_TLS_KEY;
+  if (Boolean(certFile) !== Boolean(keyFile)) {
+    throw new ConfigError("PARLEY_TLS_CERT and PARLEY_TLS_KEY must be set together");
+  }
+  const databaseUrl = env.DATABASE_URL || undefined;
+  if (databaseUrl && !/^(postgres(ql)?|memory):\/\//.test(databaseUrl)) {
+    throw new ConfigError(`DATABASE_URL must start with postgres://, postgresql:// or memory://`);
+  }
+  const config: Config = {
+    host: env.PARLEY_HOST || env.HOST || "0.0.0.0",
+    port: int(env, "PORT", 8080),
+    databaseUrl,
+    dataDir: resolve(env.PARLEY_DATA_DIR || ".parley"),
+    dbPoolSize: int(env, "PARLEY_DB_POOL_SIZE", 10, 1),
+    migrateOnStart: bool(env, "PARLEY_MIGRATE", true),
+    bootstrap: bool(env, "PARLEY_BOOTSTRAP", true),
+    tls: certFile && keyFile ? { certFile, keyFile } : undefined,
+    shutdownGraceMs: int(env, "PARLEY_SHUTDOWN_GRACE_MS", 10_000),
+    corsOrigins: (env.PARLEY_CORS_ORIGINS || "*").split(",").map((s) => s.trim()).filter(Boolean),
+    defaultModel: env.PARLEY_DEFAULT_MODEL || "",
+    providers: providers(env),
+    flushIntervalMs: int(env, "PARLEY_FLUSH_INTERVAL_MS", 1000, 1),
+    tokenSecret: env.PARLEY_TOKEN_SECRET || undefined,
+    logLevel: env.PARLEY_LOG_LEVEL || "info",
+    ...overrides,
+  };
+  return Object.freeze(config);
+}

@@ -1,0 +1,63 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { Kysely, PGliteDialect, PostgresDialect, sql } from "kysely";
+import pg from "pg";
+import type { Database } from "./schema.js";
+
+export interface DatabaseOptions {
+  /** postgres://… → pg Pool; memory:// → ephemeral PGlite; undefined → PGlite persisted under dataDir. */
+  readonly url: string | undefined;
+  readonly dataDir: string;
+  readonly poolSize?: number;
+}
+
+export interface DatabaseHandle {
+  readonly db: Kysely<Database>;
+  /** "postgres" or "pglite". */
+  readonly kind: "postgres" | "pglite";
+  /** Resolves when the database answers a trivial query; rejects otherwise. */
+  ping(signal?: AbortSignal): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Opens the database named by the options: a pg pool or an embedded PGlite. */
+export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHandle> {
+  const url = options.url;
+  if (url && /^postgres(ql)?:\/\//.test(url)) {
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: options.poolSize ?? 10,
+      connectionTimeoutMillis: 5_000,
+      idleTimeoutMillis: 30_000,
+    });
+    // A broken idle connection must not crash the process; the pool replaces it.
+    pool.on("error", () => {});
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    return handle(db, "postgres");
+  }
+  const { PGlite } = await import("@electric-sql/pglite");
+  let dataDir: string | undefined;
+  if (!url) {
+    mkdirSync(options.dataDir, { recursive: true });
+    dataDir = join(options.dataDir, "pgdata");
+  }
+  const pglite = await PGlite.create(dataDir ? { dataDir } : {});
+  const db = new Kysely<Database>({ dialect: new PGliteDialect({ pglite }) });
+  return handle(db, "pglite");
+}
+
+function handle(db: Kysely<Database>, kind: "postgres" | "pglite"): DatabaseHandle {
+  let closed = false;
+  return {
+    db,
+    kind,
+    async ping() {
+      await sql`select 1`.execute(db);
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await db.destroy();
+    },
+  };
+}

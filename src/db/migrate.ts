@@ -1,0 +1,18 @@
+import type { Kysely } from "kysely";
+import { Migrator, type Migration, type MigrationResultSet } from "kysely/migration";
+import * as initial from "./migrations/2026_11_21_000000_initial.js";
+import type { Database } from "./schema.js";
+
+// Listed explicitly (not read from the directory) so that the compiled package,
+// bundlers and tests all see the same migrations in the same order.
+const migrations: Record<string, Migration> = {
+  "2026_11_21_000000_initial": initial,
+};
+
+/** Brings the schema to the latest migration; throws with the failing migration's error. */
+export async function migrateToLatest(db: Kysely<Database>): Promise<MigrationResultSet> {
+  const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } });
+  const result = await migrator.migrateToLatest();
+  if (result.error) throw result.error;
+  return result;
+}

@@ -1,0 +1,174 @@
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from "kysely";
+
+/** A JSON object column. */
+export type JsonObject = { [key: string]: JsonValue };
+export type JsonValue = string | number | boolean | null | JsonValue[] | JsonObject;
+type Json<T = JsonObject> = ColumnType<T, T | string, T | string>;
+type CreatedTime = ColumnType<Date, Date | string | undefined, never>;
+type Time = ColumnType<Date, Date | string | undefined, Date | string>;
+type NullableTime = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+
+export interface TenantTable {
+  id: string;
+  name: string;
+  create_time: CreatedTime;
+}
+
+export interface ServerSettingTable {
+  key: string;
+  value: string;
+}
+
+export type ApiKeyRole = "admin" | "service";
+
+export interface ApiKeyTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  /** The first characters of the key, shown by `parley keys list`. */
+  prefix: string;
+  /** sha256 of the whole key, hex. */
+  key_hash: string;
+  role: ApiKeyRole;
+  create_time: CreatedTime;
+  revoke_time: NullableTime;
+}
+
+export interface GenerationJson {
+  temperature?: number;
+  top_p?: number;
+  max_output_tokens?: number;
+  stop?: string[];
+}
+
+export interface ContextPolicyJson {
+  max_history_messages?: number;
+  max_input_tokens?: number;
+}
+
+export interface AgentTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  description: Generated<string>;
+  instructions: Generated<string>;
+  model: Generated<string>;
+  generation: Json<GenerationJson>;
+  prologue: Generated<string>;
+  context_policy: Json<ContextPolicyJson>;
+  metadata: Json;
+  version: Generated<number>;
+  create_time: CreatedTime;
+  update_time: Time;
+}
+
+export type SessionStatusText = "active" | "archived";
+
+export interface SessionTable {
+  id: string;
+  tenant_id: string;
+  agent_id: string;
+  user_id: string;
+  name: string;
+  metadata: Json;
+  state: Json;
+  status: ColumnType<SessionStatusText, SessionStatusText | undefined, SessionStatusText>;
+  message_count: Generated<number>;
+  last_seq: Generated<number>;
+  last_message_time: NullableTime;
+  version: Generated<number>;
+  create_time: CreatedTime;
+  update_time: Time;
+  active_ask_id: string | null;
+  lease_owner: string | null;
+  lease_expire_time: NullableTime;
+}
+
+export type MessageRoleText = "user" | "assistant" | "system" | "tool";
+export type MessageStatusText = "complete" | "streaming" | "cancelled" | "failed" | "interrupted";
+
+export interface UsageJson {
+  input_tokens: number;
+  output_tokens: number;
+  total_tokens: number;
+}
+
+export interface FeedbackJson {
+  rating: "thumbs_up" | "thumbs_down" | null;
+  comment: string;
+  update_time: string;
+}
+
+export interface MessageTable {
+  id: string;
+  tenant_id: string;
+  session_id: string;
+  seq: number;
+  role: MessageRoleText;
+  content: string;
+  status: MessageStatusText;
+  metadata: Json;
+  usage: ColumnType<UsageJson | null, UsageJson | string | null | undefined, UsageJson | string | null>;
+  feedback: ColumnType<FeedbackJson | null, FeedbackJson | string | null | undefined, FeedbackJson | string | null>;
+  ask_id: string | null;
+  model: Generated<string>;
+  create_time: CreatedTime;
+  update_time: Time;
+}
+
+export interface AppendRequestTable {
+  session_id: string;
+  request_id: string;
+  tenant_id: string;
+  message_ids: Json<string[]>;
+  create_time: CreatedTime;
+}
+
+export type AskStatusText = "running" | "completed" | "failed" | "cancelled" | "interrupted";
+
+export interface AskTable {
+  id: string;
+  tenant_id: string;
+  session_id: string;
+  status: AskStatusText;
+  request_id: string | null;
+  /** sha256 of the request's content and options: a reused request_id with other content is rejected. */
+  request_hash: string;
+  user_message_id: string | null;
+  assistant_message_id: string | null;
+  model: string;
+  store: boolean;
+  usage: ColumnType<UsageJson | null, UsageJson | string | null | undefined, UsageJson | string | null>;
+  error_code: string | null;
+  error_message: string | null;
+  /** The replica that runs (or ran) the Ask. */
+  owner: string | null;
+  create_time: CreatedTime;
+  finish_time: NullableTime;
+}
+
+export interface Database {
+  tenants: TenantTable;
+  server_settings: ServerSettingTable;
+  api_keys: ApiKeyTable;
+  agents: AgentTable;
+  sessions: SessionTable;
+  messages: MessageTable;
+  append_requests: AppendRequestTable;
+  asks: AskTable;
+}
+
+export type TenantRow = Selectable<TenantTable>;
+export type ApiKeyRow = Selectable<ApiKeyTable>;
+export type AgentRow = Selectable<AgentTable>;
+export type NewAgentRow = Insertable<AgentTable>;
+export type AgentUpdate = Updateable<AgentTable>;
+export type SessionRow = Selectable<SessionTable>;
+export type NewSessionRow = Insertable<SessionTable>;
+export type SessionUpdate = Updateable<SessionTable>;
+export type MessageRow = Selectable<MessageTable>;
+export type NewMessageRow = Insertable<MessageTable>;
+export type MessageUpdate = Updateable<MessageTable>;
+export type AskRow = Selectable<AskTable>;
+export type NewAskRow = Insertable<AskTable>;
+export type AskUpdate = Updateable<AskTable>;

@@ -1,0 +1,62 @@
+import type { JsonObject } from "../db/schema.js";
+import { invalidArgument, resourceExhausted } from "../errors.js";
+
+/** Limits enforced on every request; documented in the proto comments and the README. */
+export const LIMITS = {
+  contentBytes: 1024 * 1024,
+  nameChars: 256,
+  descriptionChars: 4096,
+  instructionsBytes: 256 * 1024,
+  userIdChars: 256,
+  requestIdChars: 256,
+  metadataKeys: 64,
+  metadataBytes: 16 * 1024,
+  stateBytes: 256 * 1024,
+  appendBatch: 1000,
+  deleteBatch: 1000,
+  commentChars: 4096,
+  stopSequences: 8,
+  stopChars: 256,
+} as const;
+
+const utf8 = new TextEncoder();
+
+export function byteLength(s: string): number {
+  return utf8.encode(s).length;
+}
+
+/** Content of a message: optional emptiness, at most 1 MiB. */
+export function checkContent(field: string, content: string, allowEmpty: boolean): void {
+  if (!allowEmpty && content.length === 0) throw invalidArgument(field, "is required", "REQUIRED");
+  if (content.length > LIMITS.contentBytes || byteLength(content) > LIMITS.contentBytes) {
+    throw invalidArgument(field, `exceeds ${LIMITS.contentBytes} bytes`, "TOO_LONG");
+  }
+}
+
+/** A string field with a character limit (code points). */
+export function checkText(field: string, value: string, maxChars: number, required = false): void {
+  if (required && value.trim().length === 0) throw invalidArgument(field, "is required", "REQUIRED");
+  if (value.length > maxChars && [...value].length > maxChars) {
+    throw invalidArgument(field, `exceeds ${maxChars} characters`, "TOO_LONG");
+  }
+}
+
+/** Metadata: at most 64 top-level keys and 16 KiB as JSON. */
+export function checkMetadata(field: string, value: JsonObject): void {
+  const keys = Object.keys(value).length;
+  if (keys > LIMITS.metadataKeys) throw invalidArgument(field, `has ${keys} keys; at most ${LIMITS.metadataKeys}`, "TOO_MANY_KEYS");
+  const bytes = byteLength(JSON.stringify(value));
+  if (bytes > LIMITS.metadataBytes) throw invalidArgument(field, `is ${bytes} bytes as JSON; at most ${LIMITS.metadataBytes}`, "TOO_LARGE");
+}
+
+/** Session state: at most 256 KiB as JSON. */
+export function checkState(field: string, value: JsonObject): void {
+  const bytes = byteLength(JSON.stringify(value));
+  if (bytes > LIMITS.stateBytes) throw invalidArgument(field, `is ${bytes} bytes as JSON; at most ${LIMITS.stateBytes}`, "TOO_LARGE");
+}
+
+/** A batch of at most max items, at least one. */
+export function checkBatch(field: string, count: number, max: number): void {
+  if (count === 0) throw invalidArgument(field, "must not be empty", "REQUIRED");
+  if (count > max) throw resourceExhausted(`${field}: ${count} items; at most ${max} per call`, "BATCH_TOO_LARGE", { field, max: String(max) });
+}
