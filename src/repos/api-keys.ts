@@ -13,6 +13,10 @@ export async function findTenantByName(db: Db, name: string): Promise<TenantRow 
   return db.selectFrom("tenants").selectAll().where("name", "=", name).orderBy("create_time").executeTakeFirst();
 }
 
+export async function findTenantById(db: Db, id: string): Promise<TenantRow | undefined> {
+  return db.selectFrom("tenants").selectAll().where("id", "=", id).executeTakeFirst();
+}
+
 export async function countTenants(db: Db): Promise<number> {
   const r = await db.selectFrom("tenants").select((eb) => eb.fn.countAll<string>().as("n")).executeTakeFirstOrThrow();
   return Number(r.n);
