@@ -24,8 +24,10 @@ export function createPageTokenCodec(secret: string): PageTokenCodec {
       const bad = () => invalidArgument(field, "is not a page token of this query", "INVALID_PAGE_TOKEN");
       const [body, sig, extra] = token.split(".");
       if (!body || !sig || extra !== undefined) throw bad();
-      const got = Buffer.from(sig, "base64url");
-      const want = mac(query, body);
+      // Compare the text, not the decoded bytes: base64url decoding ignores padding
+      // and the unused low bits of the last character, so altered tokens would pass.
+      const got = Buffer.from(sig);
+      const want = Buffer.from(mac(query, body).toString("base64url"));
       if (got.length !== want.length || !timingSafeEqual(got, want)) throw bad();
       let keyset: unknown;
       try {

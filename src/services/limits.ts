@@ -1,5 +1,5 @@
 import type { JsonObject } from "../db/schema.js";
-import { invalidArgument, resourceExhausted } from "../errors.js";
+import { invalidArgument, invalidArguments, ParleyError, resourceExhausted, type FieldViolation } from "../errors.js";
 
 /** Limits enforced on every request; documented in the proto comments and the README. */
 export const LIMITS = {
@@ -59,4 +59,21 @@ export function checkState(field: string, value: JsonObject): void {
 export function checkBatch(field: string, count: number, max: number): void {
   if (count === 0) throw invalidArgument(field, "must not be empty", "REQUIRED");
   if (count > max) throw resourceExhausted(`${field}: ${count} items; at most ${max} per call`, "BATCH_TOO_LARGE", { field, max: String(max) });
+}
+
+/** Runs every check and throws one InvalidArgument with all their field violations, so a client sees every mistake at once. */
+export function checkAll(...checks: (() => void)[]): void {
+  const violations: FieldViolation[] = [];
+  let first: ParleyError | undefined;
+  for (const check of checks) {
+    try {
+      check();
+    } catch (err) {
+      if (!(err instanceof ParleyError) || err.kind !== "invalid_argument" || err.violations.length === 0) throw err;
+      first ??= err;
+      violations.push(...err.violations);
+    }
+  }
+  if (violations.length === 1 && first) throw first;
+  if (violations.length > 0) throw invalidArguments(violations);
 }

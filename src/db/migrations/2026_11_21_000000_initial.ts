@@ -85,6 +85,30 @@ export async function up(db: Kysely<any>): Promise<void> {
     .on("sessions")
     .columns(["tenant_id", "user_id", "create_time", "id"])
     .execute();
+  // The same filters ordered by last change (a chat UI's "recent sessions"),
+  // and an agent's sessions alone; with a name order, the filtered set is sorted.
+  await db.schema
+    .createIndex("sessions_tenant_agent_user_update_idx")
+    .on("sessions")
+    .columns(["tenant_id", "agent_id", "user_id", "update_time", "id"])
+    .execute();
+  await db.schema
+    .createIndex("sessions_tenant_user_update_idx")
+    .on("sessions")
+    .columns(["tenant_id", "user_id", "update_time", "id"])
+    .execute();
+  await db.schema
+    .createIndex("sessions_tenant_agent_create_idx")
+    .on("sessions")
+    .columns(["tenant_id", "agent_id", "create_time", "id"])
+    .execute();
+  await db.schema
+    .createIndex("sessions_tenant_agent_update_idx")
+    .on("sessions")
+    .columns(["tenant_id", "agent_id", "update_time", "id"])
+    .execute();
+  // Deleting an agent cascades to its sessions by agent_id alone.
+  await db.schema.createIndex("sessions_agent_idx").on("sessions").column("agent_id").execute();
 
   await db.schema
     .createTable("messages")
