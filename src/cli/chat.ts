@@ -150,6 +150,9 @@ export async function runChat(opts: ChatOptions): Promise<void> {
   const client = createParleyClient({ baseUrl: opts.url, apiKey, transport: opts.transport ?? "grpc" });
   const terminal = opts.terminal ?? Boolean((input as { isTTY?: boolean }).isTTY);
   const rl = createInterface({ input, output, terminal, prompt: "you> " });
+  // Ctrl-D can close the interface while an answer is still being read.
+  let closed = false;
+  rl.once("close", () => (closed = true));
 
   // What Ctrl-C does depends on whether an answer is being written.
   let answering: { askId: string; controller: AbortController; cancelRequested: boolean } | undefined;
@@ -267,7 +270,7 @@ export async function runChat(opts: ChatOptions): Promise<void> {
       } catch (err) {
         say(`error: ${describeError(err)}`);
       }
-      rl.prompt();
+      if (!closed) rl.prompt();
     }
   } finally {
     if (!terminal) process.off("SIGINT", onInterrupt);

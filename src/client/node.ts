@@ -14,9 +14,9 @@ export * from "./core.js";
 
 /** TLS settings of an https:// baseUrl (a private CA, a client certificate for mTLS). */
 export interface NodeTlsOptions {
-  readonly ca?: string | Uint8Array | Array<string | Uint8Array>;
-  readonly cert?: string | Uint8Array;
-  readonly key?: string | Uint8Array;
+  readonly ca?: string | Buffer | Array<string | Buffer>;
+  readonly cert?: string | Buffer;
+  readonly key?: string | Buffer;
   /** Default true. */
   readonly rejectUnauthorized?: boolean;
   readonly servername?: string;
