@@ -149,7 +149,7 @@ export function toConnectError(err: unknown, log?: ErrorLogger): ConnectError {
     return toConnectError(unavailable("the database is unreachable; retry later", "DATABASE_UNAVAILABLE"));
   }
   const e = err as { code?: unknown } | undefined;
-  if (e && e.code === "40001") {
+  if (e && (e.code === "40001" || e.code === "40P01")) {
     return toConnectError(aborted("concurrent modification; retry", "SERIALIZATION_FAILURE"));
   }
   log?.error({ err }, "internal error");

@@ -1159,8 +1159,8 @@ export enum SessionStatus {
   ACTIVE = 1,
 
   /**
-   * Archived with ArchiveSession: readable, hidden from default lists,
-   * Ask and AppendMessages are FAILED_PRECONDITION until unarchived.
+   * Archived with ArchiveSession: readable and listed (filter on status to
+   * hide it); Ask and AppendMessages are FAILED_PRECONDITION until unarchived.
    *
    * @generated from enum value: SESSION_STATUS_ARCHIVED = 2;
    */
