@@ -37,6 +37,12 @@ export interface Config {
   readonly providers: ProviderConfig;
   /** Interval at which a streaming answer's partial content is written to the database. */
   readonly flushIntervalMs: number;
+  /** Lease of a running Ask on its session, renewed while it runs; a replica that stops renewing frees the session after it. */
+  readonly askLeaseMs: number;
+  /** How long a finished Ask's events stay in the event log for replay (afterwards they are rebuilt from storage). */
+  readonly askEventRetentionMs: number;
+  /** Upper bound of the memory the in-process event log keeps for finished Asks, in bytes. */
+  readonly askEventLogMaxBytes: number;
   /** Secret that signs page tokens; undefined: generated once and stored in the database. */
   readonly tokenSecret: string | undefined;
   readonly logLevel: string;
@@ -114,6 +120,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     defaultModel: env.PARLEY_DEFAULT_MODEL || "",
     providers: providers(env),
     flushIntervalMs: int(env, "PARLEY_FLUSH_INTERVAL_MS", 1000, 1),
+    askLeaseMs: int(env, "PARLEY_ASK_LEASE_MS", 10_000, 100),
+    askEventRetentionMs: int(env, "PARLEY_ASK_EVENT_RETENTION_MS", 24 * 60 * 60 * 1000),
+    askEventLogMaxBytes: int(env, "PARLEY_ASK_EVENT_LOG_MAX_BYTES", 64 * 1024 * 1024),
     tokenSecret: env.PARLEY_TOKEN_SECRET || undefined,
     logLevel: env.PARLEY_LOG_LEVEL || "info",
     ...overrides,

@@ -1,12 +1,45 @@
-import type { ServiceImpl } from "@connectrpc/connect";
-import type { SessionService } from "../../gen/parley/v1/session_pb.js";
+import { createHash } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  AskResponseSchema,
+  type AskEvent,
+  type AskRequest,
+  type SessionService,
+} from "../../gen/parley/v1/session_pb.js";
 import type { ServiceDeps } from "../app.js";
+import { callerOf } from "../auth/caller.js";
+import { createMemoryEventLog } from "../bus/memory.js";
+import type { EventLog } from "../bus/event-log.js";
+import type { AskRow, JsonObject, JsonValue } from "../db/schema.js";
+import { failedPrecondition, invalidArgument, notFound, unavailable } from "../errors.js";
+import { newId, requireId } from "../ids.js";
+import {
+  claimSession,
+  findAskByRequest,
+  findAskTarget,
+  finishAsk,
+  getAsk,
+  insertAsk,
+  interruptAsk,
+  interruptIfAbandoned,
+  messagesByIds,
+} from "../repos/asks.js";
+import { appendMessages } from "../repos/messages.js";
+import { structIn } from "../services/convert.js";
+import { messageToProto, usageToProto } from "../services/converters.js";
+import { checkContent, checkMetadata, checkText, LIMITS } from "../services/limits.js";
+import { createTokenCounter } from "./context.js";
+import { askEvent, askToProto, eventSize, unstoredMessage, type AskEventInit } from "./convert.js";
 import type { ModelRegistry } from "./models/registry.js";
+import { startRun, type AskRun, type RunDeps, type RunSpec } from "./run.js";
 
 export interface AskRuntimeDeps extends ServiceDeps {
   readonly models: ModelRegistry;
   /** Lease owner id of this process. */
   readonly replicaId: string;
+  /** Where Ask events are logged for followers and replays; default: an in-process log bounded by config. */
+  readonly events?: EventLog<AskEvent>;
 }
 
 /** Runs Asks: the three SessionService handlers and the shutdown drain. */
@@ -18,7 +51,383 @@ export interface AskRuntime {
   drain(graceMs: number): Promise<void>;
 }
 
+/** An Ask request that passed validation. */
+interface ValidAsk {
+  readonly sessionId: string;
+  readonly content: string;
+  readonly requestId: string | null;
+  readonly temperature: number | undefined;
+  readonly maxOutputTokens: number | undefined;
+  readonly store: boolean;
+  readonly metadata: JsonObject;
+  /** Fingerprint of what the request asks for: a reused request_id must come with the same one. */
+  readonly hash: string;
+}
+
+const MAX_OUTPUT_TOKENS = 1_000_000;
+
+/** JSON with object keys sorted, so equal values always hash the same. */
+function canonical(v: JsonValue | undefined): string {
+  if (v === undefined) return "null";
+  if (v === null || typeof v !== "object") return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  return `{${Object.keys(v)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`)
+    .join(",")}}`;
+}
+
+function validateAsk(req: AskRequest): ValidAsk {
+  const sessionId = requireId("session_id", req.sessionId);
+  checkContent("content", req.content, false);
+  checkText("request_id", req.requestId, LIMITS.requestIdChars);
+  const temperature = req.overrides?.temperature;
+  if (temperature !== undefined && !(Number.isFinite(temperature) && temperature >= 0 && temperature <= 2)) {
+    throw invalidArgument("overrides.temperature", "must be between 0 and 2", "OUT_OF_RANGE");
+  }
+  const maxOutputTokens = req.overrides?.maxOutputTokens;
+  if (maxOutputTokens !== undefined && (maxOutputTokens < 1 || maxOutputTokens > MAX_OUTPUT_TOKENS)) {
+    throw invalidArgument("overrides.max_output_tokens", `must be between 1 and ${MAX_OUTPUT_TOKENS}`, "OUT_OF_RANGE");
+  }
+  const metadata = structIn(req.metadata);
+  checkMetadata("metadata", metadata);
+  const store = req.store ?? true;
+  const hash = createHash("sha256")
+    .update(canonical([req.content, temperature ?? null, maxOutputTokens ?? null, store, metadata]))
+    .digest("hex");
+  return {
+    sessionId,
+    content: req.content,
+    requestId: req.requestId === "" ? null : req.requestId,
+    temperature,
+    maxOutputTokens,
+    store,
+    metadata,
+    hash,
+  };
+}
+
+function sessionArchived(sessionId: string) {
+  return failedPrecondition(`session "${sessionId}" is archived; unarchive it first`, "SESSION_ARCHIVED", {
+    session_id: sessionId,
+  });
+}
+
+function askOnOtherReplica(askId: string) {
+  return unavailable(
+    `ask "${askId}" is running on another replica; following or cancelling it from here needs the shared event log (REDIS_URL)`,
+    "ASK_ON_OTHER_REPLICA",
+  );
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === "23505";
+}
+
+function isTerminal(e: AskEvent): boolean {
+  const c = e.event.case;
+  return c === "completed" || c === "failed" || c === "cancelled";
+}
+
+/** Creates the Ask runtime of this process. */
 export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
-  void deps;
-  throw new Error("TODO(ask): implement createAskRuntime");
+  const { db, log, config, models, replicaId } = deps;
+  const events =
+    deps.events ??
+    createMemoryEventLog<AskEvent>({
+      retentionMs: config.askEventRetentionMs,
+      maxRetainedBytes: config.askEventLogMaxBytes,
+      sizeOf: eventSize,
+    });
+  const runDeps: RunDeps = {
+    db,
+    log,
+    events,
+    tokens: createTokenCounter(),
+    flushIntervalMs: config.flushIntervalMs,
+    leaseMs: config.askLeaseMs,
+    replicaId,
+  };
+  /** Asks running in this process. */
+  const runs = new Map<string, AskRun>();
+  /** Asks whose rows are committed (or being committed) but whose run is not registered yet. */
+  const starting = new Map<string, Promise<void>>();
+  let draining = false;
+
+  /** Starts a new Ask, or finds the one a retried request_id already started. */
+  async function begin(tenantId: string, v: ValidAsk): Promise<{ askId: string; owned: boolean }> {
+    const target = await findAskTarget(db, tenantId, v.sessionId);
+    if (!target) throw notFound("session", v.sessionId);
+    if (v.requestId) {
+      const prior = await findAskByRequest(db, tenantId, v.sessionId, v.requestId);
+      if (prior) return attach(prior, v);
+    }
+    if (target.session.status !== "active") throw sessionArchived(v.sessionId);
+    if (draining) throw unavailable("the server is shutting down; retry the Ask", "SHUTTING_DOWN");
+    // Before anything is stored: an Ask nobody can answer leaves no trace.
+    const model = models.resolve(target.agent.model);
+
+    const askId = newId();
+    const userMessageId = v.store ? newId() : null;
+    const assistantMessageId = v.store ? newId() : null;
+    let ready!: () => void;
+    starting.set(askId, new Promise<void>((resolve) => (ready = resolve)));
+    try {
+      let stored;
+      try {
+        stored = await db.transaction().execute(async (tx) => {
+          const claim = await claimSession(tx, tenantId, v.sessionId, askId, replicaId, config.askLeaseMs);
+          if (!claim.ok) {
+            if (claim.reason !== "running") {
+              throw claim.reason === "missing" ? notFound("session", v.sessionId) : sessionArchived(v.sessionId);
+            }
+            throw failedPrecondition(
+              `session "${v.sessionId}" already has a running Ask (${claim.activeAskId}); wait for it to finish or cancel it`,
+              "ASK_ALREADY_RUNNING",
+              { session_id: v.sessionId, ask_id: claim.activeAskId },
+            );
+          }
+          // The previous holder's lease expired: its replica is gone.
+          if (claim.previousAskId) await interruptAsk(tx, tenantId, claim.previousAskId);
+          const ask = await insertAsk(tx, {
+            id: askId,
+            tenant_id: tenantId,
+            session_id: v.sessionId,
+            status: "running",
+            request_id: v.requestId,
+            request_hash: v.hash,
+            user_message_id: userMessageId,
+            assistant_message_id: assistantMessageId,
+            model: model.id,
+            store: v.store,
+            owner: replicaId,
+          });
+          if (!userMessageId || !assistantMessageId) return { ask, user: undefined };
+          const { messages } = await appendMessages(tx, tenantId, v.sessionId, [
+            { id: userMessageId, role: "user", content: v.content, metadata: v.metadata, askId },
+            { id: assistantMessageId, role: "assistant", content: "", status: "streaming", askId, model: model.id },
+          ]);
+          return { ask, user: messages[0] };
+        });
+      } catch (err) {
+        // A concurrent retry of the same request_id won the claim (or the insert): follow its Ask.
+        const lostRace =
+          isUniqueViolation(err) || (err as { reason?: unknown } | undefined)?.reason === "ASK_ALREADY_RUNNING";
+        if (v.requestId && lostRace) {
+          const prior = await findAskByRequest(db, tenantId, v.sessionId, v.requestId);
+          if (prior) return attach(prior, v);
+        }
+        throw err;
+      }
+
+      const spec: RunSpec = {
+        tenantId,
+        sessionId: v.sessionId,
+        askId,
+        model,
+        agent: target.agent,
+        overrides: {
+          ...(v.temperature !== undefined ? { temperature: v.temperature } : {}),
+          ...(v.maxOutputTokens !== undefined ? { maxOutputTokens: v.maxOutputTokens } : {}),
+        },
+        store: v.store,
+        userMessage: stored.user
+          ? messageToProto(stored.user)
+          : unstoredMessage({
+              sessionId: v.sessionId,
+              askId,
+              role: "user",
+              content: v.content,
+              status: "complete",
+              metadata: v.metadata,
+              time: stored.ask.create_time,
+            }),
+        userContent: v.content,
+        assistantMessageId,
+        createTime: stored.ask.create_time,
+      };
+      let run: AskRun;
+      try {
+        run = await startRun(runDeps, spec);
+      } catch (err) {
+        // Nothing will run it: finish it now rather than leave the session claimed until the lease expires.
+        await db.transaction().execute((tx) =>
+          finishAsk(tx, {
+            tenantId,
+            sessionId: v.sessionId,
+            askId,
+            assistantMessageId,
+            content: "",
+            outcome: { status: "failed", usage: null, errorCode: "unavailable", errorMessage: "the Ask could not start" },
+          }),
+        );
+        throw err;
+      }
+      runs.set(askId, run);
+      void run.done.then(() => runs.delete(askId));
+      return { askId, owned: true };
+    } finally {
+      starting.delete(askId);
+      ready();
+    }
+  }
+
+  function attach(prior: AskRow, v: ValidAsk): { askId: string; owned: boolean } {
+    if (prior.request_hash !== v.hash) {
+      throw invalidArgument("request_id", "was already used in this session for a different request", "REQUEST_ID_REUSED");
+    }
+    return { askId: prior.id, owned: false };
+  }
+
+  /** The events of an Ask after afterSeq: from the log (replay, then live), or rebuilt from storage once the log has let it go. */
+  async function* follow(tenantId: string, askId: string, afterSeq: number, signal: AbortSignal): AsyncGenerator<AskEvent> {
+    await starting.get(askId);
+    const logged = await events.read(askId, afterSeq, signal);
+    if (logged) {
+      for await (const e of logged) yield e.event;
+      return;
+    }
+    let row = await getAsk(db, tenantId, askId);
+    if (!row) throw notFound("ask", askId);
+    if (row.status === "running") {
+      if (!(await interruptIfAbandoned(db, tenantId, row))) throw askOnOtherReplica(askId);
+      row = (await getAsk(db, tenantId, askId)) ?? row;
+    }
+    for (const e of await reconstruct(tenantId, row)) {
+      if (e.seq > afterSeq) yield e;
+    }
+  }
+
+  /** The events of a finished Ask, rebuilt from its row and messages: the whole answer as one delta. */
+  async function reconstruct(tenantId: string, row: AskRow): Promise<AskEvent[]> {
+    const ids = [row.user_message_id, row.assistant_message_id].filter((id): id is string => id !== null);
+    const rows = await messagesByIds(db, tenantId, ids);
+    const user = rows.find((m) => m.id === row.user_message_id);
+    const assistant = rows.find((m) => m.id === row.assistant_message_id);
+    const out: AskEvent[] = [];
+    const push = (e: AskEventInit) => out.push(askEvent(row.id, out.length + 1, e));
+    push({
+      case: "started",
+      value: {
+        askId: row.id,
+        ...(user ? { userMessage: messageToProto(user) } : {}),
+        assistantMessageId: row.assistant_message_id ?? "",
+        model: row.model,
+      },
+    });
+    if (assistant && assistant.content !== "") push({ case: "textDelta", value: { text: assistant.content } });
+    const usage = usageToProto(row.usage);
+    if (usage) push({ case: "usage", value: usage });
+    const message = assistant
+      ? messageToProto(assistant)
+      : unstoredMessage({
+          ...(row.assistant_message_id ? { id: row.assistant_message_id } : {}),
+          sessionId: row.session_id,
+          askId: row.id,
+          role: "assistant",
+          content: "",
+          status: row.status === "completed" ? "complete" : row.status === "running" ? "interrupted" : row.status,
+          model: row.model,
+          usage: row.usage,
+          time: row.finish_time ?? row.create_time,
+        });
+    switch (row.status) {
+      case "completed":
+        push({ case: "completed", value: { message } });
+        break;
+      case "cancelled":
+        push({ case: "cancelled", value: { message, reason: row.error_code ?? "cancel_ask" } });
+        break;
+      case "failed":
+        push({ case: "failed", value: { code: row.error_code ?? "unknown", message: row.error_message ?? "", assistantMessage: message } });
+        break;
+      default:
+        // INTERRUPTED has no event of its own yet: report it as a failure that can be retried.
+        push({
+          case: "failed",
+          value: { code: "aborted", message: row.error_message ?? "the Ask was interrupted", assistantMessage: message },
+        });
+    }
+    return out;
+  }
+
+  async function* ask(req: AskRequest, ctx: HandlerContext) {
+    const { tenantId } = callerOf(ctx);
+    const v = validateAsk(req);
+    const { askId, owned } = await begin(tenantId, v);
+    let ended = false;
+    // The client that started the Ask went away before its end: stop the model,
+    // keep the partial answer. Watched on the signal itself because a stream
+    // whose reader left may never be resumed to notice.
+    const onAbort = () => {
+      if (owned && !ended) runs.get(askId)?.cancel("client");
+    };
+    ctx.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      if (ctx.signal.aborted) onAbort();
+      for await (const event of follow(tenantId, askId, 0, ctx.signal)) {
+        if (isTerminal(event)) ended = true;
+        yield create(AskResponseSchema, { event });
+      }
+    } finally {
+      ctx.signal.removeEventListener("abort", onAbort);
+      onAbort();
+    }
+  }
+
+  return {
+    handlers: {
+      ask,
+      async cancelAsk(req, ctx) {
+        const { tenantId } = callerOf(ctx);
+        const askId = requireId("ask_id", req.askId);
+        await starting.get(askId);
+        let row = await getAsk(db, tenantId, askId);
+        if (!row) throw notFound("ask", askId);
+        if (row.status === "running") {
+          const run = runs.get(askId);
+          if (run && run.spec.tenantId === tenantId) {
+            run.cancel("cancel_ask");
+            await run.done;
+          } else if (!(await interruptIfAbandoned(db, tenantId, row))) {
+            throw askOnOtherReplica(askId);
+          }
+          row = (await getAsk(db, tenantId, askId)) ?? row;
+        }
+        return { ask: askToProto(row) };
+      },
+      async getAsk(req, ctx) {
+        const { tenantId } = callerOf(ctx);
+        const askId = requireId("ask_id", req.askId);
+        const row = await getAsk(db, tenantId, askId);
+        if (!row) throw notFound("ask", askId);
+        return { ask: askToProto(row) };
+      },
+    },
+    running: () => runs.size,
+    async drain(graceMs) {
+      draining = true;
+      const allDone = () => Promise.all([...runs.values()].map((r) => r.done));
+      if (graceMs > 0 && (runs.size > 0 || starting.size > 0)) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          (async () => {
+            await Promise.all(starting.values());
+            await allDone();
+          })(),
+          new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs))),
+        ]);
+        clearTimeout(timer);
+      }
+      // Asks that were being stored when draining began register late; cancel until none is left.
+      for (;;) {
+        await Promise.all(starting.values());
+        const batch = [...runs.entries()];
+        if (batch.length === 0) break;
+        for (const [, r] of batch) r.cancel("shutdown");
+        await Promise.all(batch.map(([, r]) => r.done));
+        for (const [id] of batch) runs.delete(id);
+      }
+    },
+  };
 }

@@ -1,0 +1,282 @@
+import { streamText, type LanguageModel, type LanguageModelUsage } from "ai";
+import type { Kysely } from "kysely";
+import type { Message } from "../../gen/parley/v1/common_pb.js";
+import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
+import type { EventLog } from "../bus/event-log.js";
+import type { Database, UsageJson } from "../db/schema.js";
+import type { Logger } from "../log.js";
+import { finishAsk, flushContent, renewLease, type AskOutcome, type AskTarget } from "../repos/asks.js";
+import { lastMessages } from "../repos/messages.js";
+import { messageToProto, usageToProto } from "../services/converters.js";
+import { buildContext, CONTEXT_DEFAULTS, type HistoryMessage, type TokenCounter } from "./context.js";
+import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
+import { describeModelError, type AskFailure } from "./model-errors.js";
+
+/** Who stopped an Ask: CancelAsk, the Ask's own client going away, or the server shutting down. */
+export type CancelReason = "cancel_ask" | "client" | "shutdown";
+
+/** Why a run's model call is aborted: a cancellation, or the loss of the claim on the session. */
+type AbortReason = CancelReason | "lease_lost";
+
+export interface RunDeps {
+  readonly db: Kysely<Database>;
+  readonly log: Logger;
+  readonly events: EventLog<AskEvent>;
+  readonly tokens: TokenCounter;
+  readonly flushIntervalMs: number;
+  readonly leaseMs: number;
+  readonly replicaId: string;
+}
+
+/** One Ask to run, as stored by the runtime. */
+export interface RunSpec {
+  readonly tenantId: string;
+  readonly sessionId: string;
+  readonly askId: string;
+  readonly model: { readonly id: string; readonly model: LanguageModel };
+  readonly agent: AskTarget["agent"];
+  readonly overrides: { readonly temperature?: number; readonly maxOutputTokens?: number };
+  readonly store: boolean;
+  /** The user message as Started reports it (stored, or built in memory when store is false). */
+  readonly userMessage: Message;
+  readonly userContent: string;
+  /** The stored assistant message; null when store is false. */
+  readonly assistantMessageId: string | null;
+  readonly createTime: Date;
+}
+
+/** A running Ask in this process. */
+export interface AskRun {
+  readonly spec: RunSpec;
+  /** Resolves when the Ask is finished: stored, terminal event logged, claim released. Never rejects. */
+  readonly done: Promise<void>;
+  /** Aborts the model call; the partial answer is kept as CANCELLED. The first reason wins; no-op once finished. */
+  cancel(reason: CancelReason): void;
+}
+
+function usageOf(u: LanguageModelUsage | undefined): UsageJson | null {
+  if (!u || (u.inputTokens === undefined && u.outputTokens === undefined && u.totalTokens === undefined)) return null;
+  const input = u.inputTokens ?? 0;
+  const output = u.outputTokens ?? 0;
+  return { input_tokens: input, output_tokens: output, total_tokens: u.totalTokens ?? input + output };
+}
+
+/**
+ * Starts an Ask whose rows are stored and whose session is claimed: logs the
+ * Started event (seq 1) before returning, then streams the model in the
+ * background, logging each event with the next seq, flushing the partial
+ * answer every flushIntervalMs and renewing the lease, and finally stores the
+ * outcome and releases the claim.
+ */
+export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
+  const { db, log, events } = deps;
+  const { tenantId, askId } = spec;
+  const abort = new AbortController();
+  let abortReason: AbortReason | undefined;
+  let finished = false;
+
+  let seq = 0;
+  const emit = (event: AskEventInit) => {
+    const n = ++seq;
+    return events.append(askId, n, askEvent(askId, n, event));
+  };
+
+  await emit({
+    case: "started",
+    value: {
+      askId,
+      userMessage: spec.userMessage,
+      assistantMessageId: spec.assistantMessageId ?? "",
+      model: spec.model.id,
+    },
+  });
+
+  const done = execute().catch((err: unknown) => {
+    // execute handles its own failures; this is a last resort so done never rejects.
+    log.error({ err, askId }, "ask run crashed");
+  });
+  return {
+    spec,
+    done,
+    cancel(reason) {
+      if (finished || abortReason) return;
+      abortReason = reason;
+      abort.abort(reason);
+    },
+  };
+
+  async function execute(): Promise<void> {
+    let content = "";
+    let usage: UsageJson | null = null;
+    let failure: AskFailure | undefined;
+    let sawFinish = false;
+
+    // Partial content goes to the database on a timer, never per token.
+    let flushedLength = 0;
+    let flushing: Promise<void> | undefined;
+    const flushTimer = setInterval(() => {
+      if (!spec.assistantMessageId || flushing || content.length === flushedLength) return;
+      const snapshot = content;
+      flushing = flushContent(db, tenantId, spec.assistantMessageId, snapshot)
+        .then(
+          () => {
+            flushedLength = snapshot.length;
+          },
+          (err: unknown) => log.warn({ err, askId }, "flushing a partial answer failed; retrying on the next tick"),
+        )
+        .finally(() => {
+          flushing = undefined;
+        });
+    }, deps.flushIntervalMs);
+    flushTimer.unref();
+
+    const leaseTimer = setInterval(
+      () => {
+        renewLease(db, tenantId, spec.sessionId, askId, deps.replicaId, deps.leaseMs).then(
+          (ok) => {
+            if (ok || finished || abortReason) return;
+            log.warn({ askId }, "lost the claim on the session; stopping the Ask");
+            abortReason = "lease_lost";
+            abort.abort("lease_lost");
+          },
+          (err: unknown) => log.warn({ err, askId }, "renewing the Ask's lease failed"),
+        );
+      },
+      Math.max(Math.floor(deps.leaseMs / 3), 50),
+    );
+    leaseTimer.unref();
+
+    try {
+      const context = await loadContext();
+      if (!abort.signal.aborted) {
+        const g = spec.agent.generation ?? {};
+        const result = streamText({
+          model: spec.model.model,
+          ...(context.instructions !== undefined ? { instructions: context.instructions } : {}),
+          messages: context.messages,
+          allowSystemInMessages: true,
+          abortSignal: abort.signal,
+          temperature: spec.overrides.temperature ?? g.temperature,
+          topP: g.top_p,
+          maxOutputTokens: spec.overrides.maxOutputTokens ?? g.max_output_tokens,
+          ...(g.stop && g.stop.length > 0 ? { stopSequences: g.stop } : {}),
+          // Errors arrive as stream parts or exceptions below; the default handler would print them.
+          onError: () => {},
+        });
+        for await (const part of result.fullStream) {
+          if (part.type === "text-delta") {
+            if (part.text === "") continue;
+            content += part.text;
+            await emit({ case: "textDelta", value: { text: part.text } });
+          } else if (part.type === "finish") {
+            sawFinish = true;
+            usage = usageOf(part.totalUsage);
+          } else if (part.type === "error") {
+            throw part.error;
+          }
+        }
+      }
+    } catch (err) {
+      if (!abort.signal.aborted || sawFinish) {
+        failure = describeModelError(err);
+        log.warn({ err, askId, code: failure.code }, "ask failed");
+      }
+    }
+
+    finished = true;
+    clearInterval(flushTimer);
+    clearInterval(leaseTimer);
+    await flushing;
+
+    // A finished answer stays finished even if a cancel raced its last part.
+    const cancelled = abort.signal.aborted && !sawFinish && failure === undefined;
+    let outcome: AskOutcome;
+    if (cancelled && abortReason === "lease_lost") {
+      failure = { code: "aborted", message: "the Ask lost its claim on the session (its lease expired)" };
+    }
+    if (failure) {
+      outcome = { status: "failed", usage, errorCode: failure.code, errorMessage: failure.message };
+    } else if (cancelled) {
+      outcome = { status: "cancelled", usage, errorCode: abortReason ?? "cancel_ask", errorMessage: null };
+    } else {
+      outcome = { status: "completed", usage, errorCode: null, errorMessage: null };
+    }
+
+    const stored = await finishWithRetry(content, outcome);
+    const message =
+      stored?.message !== undefined
+        ? messageToProto(stored.message)
+        : unstoredMessage({
+            ...(spec.assistantMessageId ? { id: spec.assistantMessageId } : {}),
+            sessionId: spec.sessionId,
+            askId,
+            role: "assistant",
+            content,
+            status: outcome.status === "completed" ? "complete" : outcome.status,
+            model: spec.model.id,
+            usage,
+            time: new Date(),
+          });
+
+    try {
+      const u = usageToProto(usage);
+      if (u) await emit({ case: "usage", value: u });
+      if (outcome.status === "completed") {
+        await emit({ case: "completed", value: { message } });
+      } else if (outcome.status === "cancelled") {
+        await emit({ case: "cancelled", value: { message, reason: outcome.errorCode ?? "cancel_ask" } });
+      } else {
+        await emit({
+          case: "failed",
+          value: { code: failure?.code ?? "unknown", message: failure?.message ?? "", assistantMessage: message },
+        });
+      }
+    } finally {
+      await events.end(askId);
+    }
+  }
+
+  async function loadContext() {
+    const policy = spec.agent.context_policy ?? {};
+    const maxHistoryMessages = policy.max_history_messages || CONTEXT_DEFAULTS.maxHistoryMessages;
+    const maxInputTokens = policy.max_input_tokens || CONTEXT_DEFAULTS.maxInputTokens;
+    // Read only the window: one range scan of at most max_history_messages rows
+    // (+1 for this Ask's own placeholder when stored).
+    let history: HistoryMessage[];
+    if (spec.store) {
+      history = await lastMessages(db, tenantId, spec.sessionId, maxHistoryMessages + 1);
+    } else {
+      const rows = await lastMessages(db, tenantId, spec.sessionId, maxHistoryMessages);
+      history = [{ id: "", role: "user", content: spec.userContent, status: "complete" }, ...rows];
+    }
+    return buildContext(
+      { instructions: spec.agent.instructions, history, maxHistoryMessages, maxInputTokens },
+      deps.tokens,
+    );
+  }
+
+  /** Stores the outcome; retried a few times because the claim stays held (until its lease expires) if this fails. */
+  async function finishWithRetry(content: string, outcome: AskOutcome) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await db.transaction().execute((tx) =>
+          finishAsk(tx, {
+            tenantId,
+            sessionId: spec.sessionId,
+            askId,
+            assistantMessageId: spec.assistantMessageId,
+            content,
+            outcome,
+          }),
+        );
+      } catch (err) {
+        if (attempt >= 3) {
+          log.error({ err, askId }, "could not store the outcome of an Ask; its lease will expire and mark it interrupted");
+          return undefined;
+        }
+        log.warn({ err, askId, attempt }, "storing the outcome of an Ask failed; retrying");
+        await new Promise((r) => setTimeout(r, 250 * attempt));
+      }
+    }
+  }
+}

@@ -1,0 +1,110 @@
+import type { EventLog, LoggedEvent } from "./event-log.js";
+
+export interface MemoryEventLogOptions<E> {
+  /** How long a finished stream stays readable. */
+  readonly retentionMs: number;
+  /** Upper bound of the (estimated) bytes of finished streams kept; the oldest finished streams go first. */
+  readonly maxRetainedBytes: number;
+  /** Estimated size of an event in bytes. */
+  readonly sizeOf: (event: E) => number;
+  /** Clock, for tests. */
+  readonly now?: () => number;
+}
+
+interface Stream<E> {
+  readonly events: LoggedEvent<E>[];
+  bytes: number;
+  ended: boolean;
+  endTime: number;
+  readonly waiters: Set<() => void>;
+}
+
+/** The in-process EventLog of one replica: memory bounded by retention time and bytes of finished streams. */
+export interface MemoryEventLog<E> extends EventLog<E> {
+  /** Number of streams held (running and finished) and estimated bytes of the finished ones. */
+  stats(): { streams: number; retainedBytes: number };
+}
+
+/** Creates the in-process event log. */
+export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): MemoryEventLog<E> {
+  const now = options.now ?? Date.now;
+  const streams = new Map<string, Stream<E>>();
+  // Finished streams in the order they finished: eviction takes from the front.
+  const finished = new Map<string, Stream<E>>();
+  let retainedBytes = 0;
+  let closed = false;
+
+  function evict(): void {
+    const t = now();
+    for (const [id, s] of finished) {
+      if (retainedBytes <= options.maxRetainedBytes && s.endTime + options.retentionMs > t) break;
+      finished.delete(id);
+      streams.delete(id);
+      retainedBytes -= s.bytes;
+    }
+  }
+
+  function wake(s: Stream<E>): void {
+    for (const w of [...s.waiters]) w();
+  }
+
+  return {
+    async append(streamId, seq, event) {
+      if (closed) throw new Error("event log is closed");
+      let s = streams.get(streamId);
+      if (!s) {
+        s = { events: [], bytes: 0, ended: false, endTime: 0, waiters: new Set() };
+        streams.set(streamId, s);
+      }
+      if (s.ended) throw new Error(`stream ${streamId} has ended`);
+      if (seq !== s.events.length + 1) throw new Error(`stream ${streamId}: expected seq ${s.events.length + 1}, got ${seq}`);
+      s.events.push({ seq, event });
+      s.bytes += options.sizeOf(event);
+      wake(s);
+    },
+    async end(streamId) {
+      const s = streams.get(streamId);
+      if (!s || s.ended) return;
+      s.ended = true;
+      s.endTime = now();
+      finished.set(streamId, s);
+      retainedBytes += s.bytes;
+      wake(s);
+      evict();
+    },
+    async read(streamId, afterSeq, signal) {
+      evict();
+      const s = streams.get(streamId);
+      if (!s) return undefined;
+      return {
+        async *[Symbol.asyncIterator](): AsyncGenerator<LoggedEvent<E>> {
+          // seq n is at index n - 1.
+          let i = Math.max(0, afterSeq);
+          for (;;) {
+            while (i < s.events.length) yield s.events[i++]!;
+            if (s.ended || closed || signal?.aborted) return;
+            await new Promise<void>((resolve) => {
+              const done = () => {
+                s.waiters.delete(done);
+                signal?.removeEventListener("abort", done);
+                resolve();
+              };
+              s.waiters.add(done);
+              signal?.addEventListener("abort", done, { once: true });
+            });
+          }
+        },
+      };
+    },
+    async close() {
+      closed = true;
+      for (const s of streams.values()) wake(s);
+      streams.clear();
+      finished.clear();
+      retainedBytes = 0;
+    },
+    stats() {
+      return { streams: streams.size, retainedBytes };
+    },
+  };
+}
