@@ -1,8 +1,10 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
 import { Code, ConnectError, createRouterTransport, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { build } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { SessionService, type AskEvent, type AskRequest } from "../../gen/parley/v1/session_pb.js";
@@ -122,6 +124,23 @@ describe("client core over an in-memory transport", () => {
     });
     await createParleyClientFromTransport(transport).agents.createAgent({ agent: { name: "a" } });
     expect(fake.seenAuth).toEqual([""]);
+  });
+});
+
+describe("web entry point", () => {
+  it("bundles for browsers without any Node built-in", async () => {
+    const result = await build({
+      entryPoints: [fileURLToPath(new URL("../../src/client/web.ts", import.meta.url))],
+      bundle: true,
+      platform: "browser",
+      format: "esm",
+      write: false,
+      metafile: true,
+      logLevel: "silent",
+    });
+    const inputs = Object.keys(result.metafile.inputs);
+    expect(inputs.some((i) => i.endsWith("src/client/core.ts"))).toBe(true);
+    expect(inputs.filter((i) => i.startsWith("node:") || i.includes("connect-node"))).toEqual([]);
   });
 });
 
