@@ -169,27 +169,6 @@ export async function getMessagesByIds(db: Db, tenantId: string, sessionId: stri
     .execute();
 }
 
-/** A session row of the tenant, or undefined (by primary key). */
-export async function findSession(db: Db, tenantId: string, sessionId: string): Promise<SessionRow | undefined> {
-  return db
-    .selectFrom("sessions")
-    .selectAll()
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .executeTakeFirst();
-}
-
-/** Whether the tenant has this session. */
-export async function sessionExists(db: Db, tenantId: string, sessionId: string): Promise<boolean> {
-  const row = await db
-    .selectFrom("sessions")
-    .select("id")
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .executeTakeFirst();
-  return row !== undefined;
-}
-
 /** Marks a session changed because one of its messages changed (update_time and etag move on). */
 async function touchSession(tx: Transaction<Database>, tenantId: string, sessionId: string, countDelta = 0): Promise<void> {
   await tx

@@ -21,17 +21,16 @@ import {
   appendMessages,
   deleteMessage,
   findAppendRequest,
-  findSession,
   getMessage,
   getMessagesByIds,
   isDuplicateAppendRequest,
   listMessages,
   recordAppendRequest,
-  sessionExists,
   setFeedback,
   updateMessage,
   type MessageInput,
 } from "../repos/messages.js";
+import { findSession } from "../repos/sessions.js";
 import { structIn } from "./convert.js";
 import { messageToProto, roleFromProto, sessionToProto } from "./converters.js";
 import { checkBatch, checkContent, checkMetadata, checkText, LIMITS } from "./limits.js";
@@ -77,7 +76,7 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
         limit: size + 1,
       });
       // Rows prove the session exists; only an empty page needs the (primary key) lookup.
-      if (rows.length === 0 && !(await sessionExists(db, tenantId, sessionId))) throw notFound("session", sessionId);
+      if (rows.length === 0 && !(await findSession(db, tenantId, sessionId))) throw notFound("session", sessionId);
       const page = rows.slice(0, size);
       const last = page[page.length - 1];
       return create(ListMessagesResponseSchema, {
