@@ -1,4 +1,4 @@
-import type { JsonObject } from "../db/schema.js";
+import type { JsonObject, JsonValue } from "../db/schema.js";
 import { invalidArgument, invalidArguments, ParleyError, resourceExhausted, type FieldViolation } from "../errors.js";
 
 /** Limits enforced on every request; documented in the proto comments and the README. */
@@ -27,6 +27,7 @@ export function byteLength(s: string): number {
 
 /** Content of a message: optional emptiness, at most 1 MiB. */
 export function checkContent(field: string, content: string, allowEmpty: boolean): void {
+  checkNoNul(field, content);
   if (!allowEmpty && content.length === 0) throw invalidArgument(field, "is required", "REQUIRED");
   if (content.length > LIMITS.contentBytes || byteLength(content) > LIMITS.contentBytes) {
     throw invalidArgument(field, `exceeds ${LIMITS.contentBytes} bytes`, "TOO_LONG");
@@ -35,6 +36,7 @@ export function checkContent(field: string, content: string, allowEmpty: boolean
 
 /** A string field with a character limit (code points). */
 export function checkText(field: string, value: string, maxChars: number, required = false): void {
+  checkNoNul(field, value);
   if (required && value.trim().length === 0) throw invalidArgument(field, "is required", "REQUIRED");
   if (value.length > maxChars && [...value].length > maxChars) {
     throw invalidArgument(field, `exceeds ${maxChars} characters`, "TOO_LONG");
@@ -43,6 +45,7 @@ export function checkText(field: string, value: string, maxChars: number, requir
 
 /** Metadata: at most 64 top-level keys and 16 KiB as JSON. */
 export function checkMetadata(field: string, value: JsonObject): void {
+  checkJsonNoNul(field, value);
   const keys = Object.keys(value).length;
   if (keys > LIMITS.metadataKeys) throw invalidArgument(field, `has ${keys} keys; at most ${LIMITS.metadataKeys}`, "TOO_MANY_KEYS");
   const bytes = byteLength(JSON.stringify(value));
@@ -51,6 +54,7 @@ export function checkMetadata(field: string, value: JsonObject): void {
 
 /** Session state: at most 256 KiB as JSON. */
 export function checkState(field: string, value: JsonObject): void {
+  checkJsonNoNul(field, value);
   const bytes = byteLength(JSON.stringify(value));
   if (bytes > LIMITS.stateBytes) throw invalidArgument(field, `is ${bytes} bytes as JSON; at most ${LIMITS.stateBytes}`, "TOO_LARGE");
 }
@@ -76,4 +80,22 @@ export function checkAll(...checks: (() => void)[]): void {
   }
   if (violations.length === 1 && first) throw first;
   if (violations.length > 0) throw invalidArguments(violations);
+}
+
+// Postgres text and jsonb cannot hold U+0000: rejected here as the client's
+// mistake instead of failing in the database as Internal.
+export function checkNoNul(field: string, value: string): void {
+  if (value.includes("\u0000")) throw invalidArgument(field, "must not contain U+0000", "INVALID_CHARACTER");
+}
+
+/** checkNoNul over every key and string of a JSON value. */
+export function checkJsonNoNul(field: string, value: JsonValue): void {
+  if (typeof value === "string") checkNoNul(field, value);
+  else if (Array.isArray(value)) for (const v of value) checkJsonNoNul(field, v);
+  else if (value !== null && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) {
+      checkNoNul(field, k);
+      checkJsonNoNul(field, v);
+    }
+  }
 }

@@ -13,7 +13,7 @@ import {
 } from "../../gen/parley/v1/message_pb.js";
 import type { ServiceDeps } from "../app.js";
 import { callerOf } from "../auth/caller.js";
-import type { Database, FeedbackJson, JsonObject, JsonValue, MessageRow, SessionRow } from "../db/schema.js";
+import type { Database, FeedbackJson, JsonObject, MessageRow, SessionRow } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound } from "../errors.js";
 import { requireId } from "../ids.js";
 import { pageSize } from "../pagination.js";
@@ -33,7 +33,7 @@ import {
 import { findSession } from "../repos/sessions.js";
 import { structIn } from "./convert.js";
 import { messageToProto, roleFromProto, sessionToProto } from "./converters.js";
-import { checkBatch, checkContent, checkMetadata, checkText, LIMITS } from "./limits.js";
+import { checkBatch, checkContent, checkJsonNoNul, checkMetadata, checkNoNul, checkText, LIMITS } from "./limits.js";
 
 /** Default and maximum page_size of ListMessages (message.proto). */
 export const MESSAGES_PAGE_SIZE = { default: 50, max: 1000 } as const;
@@ -252,19 +252,3 @@ function nonNegative(field: string, value: bigint): number {
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
 }
 
-// Postgres text and jsonb cannot hold U+0000: rejected here as the client's
-// mistake instead of failing in the database as Internal.
-function checkNoNul(field: string, value: string): void {
-  if (value.includes("\u0000")) throw invalidArgument(field, "must not contain U+0000", "INVALID_CHARACTER");
-}
-
-function checkJsonNoNul(field: string, value: JsonValue): void {
-  if (typeof value === "string") checkNoNul(field, value);
-  else if (Array.isArray(value)) for (const v of value) checkJsonNoNul(field, v);
-  else if (value !== null && typeof value === "object") {
-    for (const [k, v] of Object.entries(value)) {
-      checkNoNul(field, k);
-      checkJsonNoNul(field, v);
-    }
-  }
-}

@@ -196,6 +196,18 @@ describe.each(backends())("AgentService on %s", (backend) => {
       );
     });
 
+    it("rejects U+0000 in text and metadata (Postgres cannot store it) as InvalidArgument, not Internal", async () => {
+      await rejects(() => agents.createAgent({ agent: { name: "a\u0000b" } }), Code.InvalidArgument, {
+        field: "agent.name",
+        reason: "INVALID_CHARACTER",
+      });
+      await rejects(
+        () => agents.createAgent({ agent: { name: "ok", metadata: { k: "v\u0000" } } }),
+        Code.InvalidArgument,
+        { field: "agent.metadata", reason: "INVALID_CHARACTER" },
+      );
+    });
+
     it("GetAgent: a missing, malformed, unknown or other tenant's id", async () => {
       await rejects(() => agents.getAgent({ agentId: "" }), Code.InvalidArgument, { field: "agent_id", reason: "REQUIRED" });
       await rejects(() => agents.getAgent({ agentId: "not-a-uuid" }), Code.InvalidArgument, { field: "agent_id", reason: "INVALID_ID" });
