@@ -52,7 +52,7 @@ export interface AskRuntime {
 }
 
 /** An Ask request that passed validation. */
-interface ValidAsk {
+export interface ValidAsk {
   readonly sessionId: string;
   readonly content: string;
   readonly requestId: string | null;
@@ -77,7 +77,8 @@ function canonical(v: JsonValue | undefined): string {
     .join(",")}}`;
 }
 
-function validateAsk(req: AskRequest): ValidAsk {
+/** Checks an Ask request and computes its fingerprint; throws InvalidArgument naming the field. */
+export function validateAsk(req: AskRequest): ValidAsk {
   const sessionId = requireId("session_id", req.sessionId);
   checkContent("content", req.content, false);
   checkText("request_id", req.requestId, LIMITS.requestIdChars);
@@ -126,7 +127,7 @@ function isUniqueViolation(err: unknown): boolean {
 
 function isTerminal(e: AskEvent): boolean {
   const c = e.event.case;
-  return c === "completed" || c === "failed" || c === "cancelled";
+  return c === "completed" || c === "failed" || c === "cancelled" || c === "interrupted";
 }
 
 /** Creates the Ask runtime of this process. */
@@ -342,11 +343,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
         push({ case: "failed", value: { code: row.error_code ?? "unknown", message: row.error_message ?? "", assistantMessage: message } });
         break;
       default:
-        // INTERRUPTED has no event of its own yet: report it as a failure that can be retried.
-        push({
-          case: "failed",
-          value: { code: "aborted", message: row.error_message ?? "the Ask was interrupted", assistantMessage: message },
-        });
+        push({ case: "interrupted", value: { message } });
     }
     return out;
   }

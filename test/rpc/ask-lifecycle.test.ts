@@ -5,7 +5,9 @@ import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageStatus } from "../../gen/parley/v1/common_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
-import { AskStatus, SessionService, type AskEvent, type AskResponse } from "../../gen/parley/v1/session_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { AskRequestSchema, AskStatus, SessionService, type AskEvent, type AskResponse } from "../../gen/parley/v1/session_pb.js";
+import { validateAsk } from "../../src/ask/runtime.js";
 import type { ModelRegistry } from "../../src/ask/models/registry.js";
 import type { Config } from "../../src/config.js";
 import { newId } from "../../src/ids.js";
@@ -196,6 +198,13 @@ describe.each(backends())("Ask lifecycle on %s", (backend) => {
     expect(row.active_ask_id).toBeNull();
     const m = (await messages.getMessage({ messageId: other.assistantId })).message!;
     expect([m.status, m.content]).toEqual([MessageStatus.INTERRUPTED, "flushed so far"]);
+
+    // A retry of the interrupted Ask replays it ending in its own terminal event.
+    const retry = create(AskRequestSchema, { sessionId, content: "q", requestId: "elsewhere" });
+    await t.app.db.updateTable("asks").set({ request_hash: validateAsk(retry).hash }).where("id", "=", other.askId).execute();
+    const replay = await collect(sessions.ask(retry));
+    expect(replay.map((e) => e.event.case)).toEqual(["started", "textDelta", "interrupted"]);
+    expect(replay.at(-1)!.event.value).toMatchObject({ message: { status: MessageStatus.INTERRUPTED, content: "flushed so far" } });
   });
 });
 
