@@ -1,5 +1,5 @@
-import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
+import { fingerprint } from "../fingerprint.js";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   AskResponseSchema,
@@ -11,7 +11,7 @@ import type { ServiceDeps } from "../app.js";
 import { callerOf } from "../auth/caller.js";
 import { createMemoryEventLog } from "../bus/memory.js";
 import type { EventLog } from "../bus/event-log.js";
-import type { AskRow, JsonObject, JsonValue } from "../db/schema.js";
+import type { AskRow, JsonObject } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, unavailable } from "../errors.js";
 import { newId, requireId } from "../ids.js";
 import {
@@ -66,16 +66,6 @@ export interface ValidAsk {
 
 const MAX_OUTPUT_TOKENS = 1_000_000;
 
-/** JSON with object keys sorted, so equal values always hash the same. */
-function canonical(v: JsonValue | undefined): string {
-  if (v === undefined) return "null";
-  if (v === null || typeof v !== "object") return JSON.stringify(v);
-  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
-  return `{${Object.keys(v)
-    .sort()
-    .map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`)
-    .join(",")}}`;
-}
 
 /** Checks an Ask request and computes its fingerprint; throws InvalidArgument naming the field. */
 export function validateAsk(req: AskRequest): ValidAsk {
@@ -93,9 +83,7 @@ export function validateAsk(req: AskRequest): ValidAsk {
   const metadata = structIn(req.metadata);
   checkMetadata("metadata", metadata);
   const store = req.store ?? true;
-  const hash = createHash("sha256")
-    .update(canonical([req.content, temperature ?? null, maxOutputTokens ?? null, store, metadata]))
-    .digest("hex");
+  const hash = fingerprint([req.content, temperature ?? null, maxOutputTokens ?? null, store, metadata]);
   return {
     sessionId,
     content: req.content,

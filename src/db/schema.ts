@@ -121,6 +121,8 @@ export interface AppendRequestTable {
   request_id: string;
   tenant_id: string;
   message_ids: Json<string[]>;
+  /** fingerprint() of the request's messages and expected_last_seq. */
+  request_hash: string;
   create_time: CreatedTime;
 }
 

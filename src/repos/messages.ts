@@ -288,15 +288,15 @@ export async function findAppendRequest(
   tenantId: string,
   sessionId: string,
   requestId: string,
-): Promise<string[] | undefined> {
+): Promise<{ messageIds: string[]; requestHash: string } | undefined> {
   const row = await db
     .selectFrom("append_requests")
-    .select("message_ids")
+    .select(["message_ids", "request_hash"])
     .where("session_id", "=", sessionId)
     .where("request_id", "=", requestId)
     .where("tenant_id", "=", tenantId)
     .executeTakeFirst();
-  return row?.message_ids;
+  return row && { messageIds: row.message_ids, requestHash: row.request_hash };
 }
 
 /** Records the messages an AppendMessages stored under its request_id (a duplicate raises the primary key's unique violation). */
@@ -305,11 +305,18 @@ export async function recordAppendRequest(
   tenantId: string,
   sessionId: string,
   requestId: string,
+  requestHash: string,
   messageIds: readonly string[],
 ): Promise<void> {
   await tx
     .insertInto("append_requests")
-    .values({ tenant_id: tenantId, session_id: sessionId, request_id: requestId, message_ids: JSON.stringify(messageIds) })
+    .values({
+      tenant_id: tenantId,
+      session_id: sessionId,
+      request_id: requestId,
+      request_hash: requestHash,
+      message_ids: JSON.stringify(messageIds),
+    })
     .execute();
 }
 

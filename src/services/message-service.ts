@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { fingerprint } from "../fingerprint.js";
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { Kysely, Transaction } from "kysely";
 import { FeedbackRating, MessageRole } from "../../gen/parley/v1/common_pb.js";
@@ -126,7 +127,15 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
 
       const respond = (r: { session: SessionRow; messages: MessageRow[] }) =>
         create(AppendMessagesResponseSchema, { messages: r.messages.map(messageToProto), session: sessionToProto(r.session) });
-      const replay = async (q: Kysely<Database> | Transaction<Database>, ids: readonly string[]) => {
+      const requestHash = fingerprint([inputs, expectedLastSeq ?? null]);
+      const replay = async (
+        q: Kysely<Database> | Transaction<Database>,
+        prior: { messageIds: readonly string[]; requestHash: string },
+      ) => {
+        if (prior.requestHash !== requestHash) {
+          throw invalidArgument("request_id", "was already used in this session for other messages", "REQUEST_ID_REUSED");
+        }
+        const ids = prior.messageIds;
         const session = await findSession(q, tenantId, sessionId);
         if (!session) throw notFound("session", sessionId);
         return { session, messages: await getMessagesByIds(q, tenantId, sessionId, ids) };
@@ -149,7 +158,7 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
               expectedLastSeq !== undefined ? { expectedLastSeq } : {},
             );
             if (requestId !== "") {
-              await recordAppendRequest(tx, tenantId, sessionId, requestId, r.messages.map((m) => m.id));
+              await recordAppendRequest(tx, tenantId, sessionId, requestId, requestHash, r.messages.map((m) => m.id));
             }
             return r;
           }),

@@ -289,6 +289,25 @@ describe.each(backends())("MessageService on %s", (backend) => {
       expect(seqs(again.messages)).toEqual([3]);
     });
 
+    it("rejects a request_id reused for other messages as INVALID_ARGUMENT, storing nothing", async () => {
+      const sessionId = await newSession();
+      await messages.appendMessages({ sessionId, messages: [user("q")], requestId: "req-x" });
+      const before = await snapshot();
+      await expectError(
+        messages.appendMessages({ sessionId, messages: [user("something else")], requestId: "req-x" }),
+        Code.InvalidArgument,
+        "REQUEST_ID_REUSED",
+        "request_id",
+      );
+      await expectError(
+        messages.appendMessages({ sessionId, messages: [user("q")], requestId: "req-x", expectedLastSeq: 1n }),
+        Code.InvalidArgument,
+        "REQUEST_ID_REUSED",
+        "request_id",
+      );
+      expect(await snapshot()).toEqual(before);
+    });
+
     it("is FAILED_PRECONDITION on an archived session until it is unarchived", async () => {
       const sessionId = await newSession();
       await append(sessionId, [user("before")]);

@@ -215,7 +215,8 @@ export type AppendMessagesRequest = Message<"parley.v1.AppendMessagesRequest"> &
   /**
    * Optional. Idempotency key, at most 256 characters. A retry with the same
    * key in the same session returns the messages stored by the first call
-   * and stores nothing.
+   * and stores nothing. The same key with other messages or another
+   * expected_last_seq is INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
    *
    * @generated from field: string request_id = 4;
    */

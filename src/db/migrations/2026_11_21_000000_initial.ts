@@ -136,6 +136,8 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addColumn("request_id", "text", (c) => c.notNull())
     .addColumn("tenant_id", "uuid", (c) => c.notNull())
     .addColumn("message_ids", "jsonb", (c) => c.notNull())
+    // Fingerprint of the request: a request_id reused for other messages is rejected.
+    .addColumn("request_hash", "text", (c) => c.notNull())
     .addColumn("create_time", "timestamptz", (c) => c.notNull().defaultTo(sql`now()`))
     .addPrimaryKeyConstraint("append_requests_pk", ["session_id", "request_id"])
     .execute();
