@@ -1,0 +1,229 @@
+import { create } from "@bufbuild/protobuf";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus as ServingStatus,
+  HealthCheckResponseSchema,
+  type HealthCheckResponse,
+} from "../../gen/grpc/health/v1/health_pb.js";
+import { AgentService } from "../../gen/parley/v1/agent_pb.js";
+import { MessageService } from "../../gen/parley/v1/message_pb.js";
+import { SessionService } from "../../gen/parley/v1/session_pb.js";
+import type { DatabaseHandle } from "../db/database.js";
+import { notFound } from "../errors.js";
+import type { Logger } from "../log.js";
+
+/** What the monitor knows about the database at one moment. */
+export interface HealthSnapshot {
+  /** True when the last ping answered in time and the monitor is not stopped. */
+  readonly serving: boolean;
+  /** Set by stop(): the process is shutting down. */
+  readonly stopping: boolean;
+  /** When the last ping finished; undefined before the first one. */
+  readonly checkedAt: Date | undefined;
+  /** Round trip of the last successful ping. */
+  readonly latencyMs: number | undefined;
+  /** Why the last ping failed. */
+  readonly error: string | undefined;
+}
+
+/** Pings the database periodically and tells who is interested when it stops or starts answering. */
+export interface HealthMonitor {
+  current(): HealthSnapshot;
+  /** Resolves with the snapshot once the first ping has finished (at once afterwards). */
+  ready(): Promise<HealthSnapshot>;
+  /** Pings now instead of waiting for the next tick. */
+  checkNow(): Promise<HealthSnapshot>;
+  /** Calls listener on every change of `serving`; returns the unsubscribe function. */
+  subscribe(listener: (snapshot: HealthSnapshot) => void): () => void;
+  /** Stops pinging and reports NOT_SERVING from now on (shutdown). */
+  stop(): void;
+}
+
+export interface HealthMonitorOptions {
+  /** Time between two pings. */
+  readonly intervalMs?: number;
+  /** A ping slower than this counts as a failure. */
+  readonly timeoutMs?: number;
+}
+
+/** A monitor that pings the database every intervalMs (default 1 s) with a timeout (default 2 s). */
+export function createHealthMonitor(
+  database: DatabaseHandle,
+  log: Logger,
+  options: HealthMonitorOptions = {},
+): HealthMonitor {
+  const intervalMs = options.intervalMs ?? 1_000;
+  const timeoutMs = options.timeoutMs ?? 2_000;
+  const listeners = new Set<(s: HealthSnapshot) => void>();
+  let snapshot: HealthSnapshot = {
+    serving: false,
+    stopping: false,
+    checkedAt: undefined,
+    latencyMs: undefined,
+    error: undefined,
+  };
+  let inFlight: Promise<HealthSnapshot> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+
+  function publish(next: HealthSnapshot): void {
+    const first = snapshot.checkedAt === undefined;
+    const changed = first || next.serving !== snapshot.serving || next.stopping !== snapshot.stopping;
+    snapshot = next;
+    if (!changed) return;
+    if (!next.stopping && !(first && next.serving)) {
+      if (next.serving) log.info("database reachable again: serving");
+      else log.warn({ reason: next.error }, "database unreachable: not serving");
+    }
+    for (const l of listeners) l(next);
+  }
+
+  async function ping(): Promise<void> {
+    const started = performance.now();
+    const ac = new AbortController();
+    let timeout: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        database.ping(ac.signal),
+        new Promise<never>((_, reject) => {
+          timeout = setTimeout(() => {
+            ac.abort();
+            reject(new Error(`no answer within ${timeoutMs} ms`));
+          }, timeoutMs);
+        }),
+      ]);
+      if (stopped) return;
+      publish({
+        serving: true,
+        stopping: false,
+        checkedAt: new Date(),
+        latencyMs: Math.round((performance.now() - started) * 100) / 100,
+        error: undefined,
+      });
+    } catch (err) {
+      if (stopped) return;
+      publish({
+        serving: false,
+        stopping: false,
+        checkedAt: new Date(),
+        latencyMs: undefined,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    } finally {
+      clearTimeout(timeout);
+    }
+  }
+
+  function checkNow(): Promise<HealthSnapshot> {
+    if (stopped) return Promise.resolve(snapshot);
+    inFlight ??= ping().then(() => {
+      inFlight = undefined;
+      return snapshot;
+    });
+    return inFlight;
+  }
+
+  function schedule(): void {
+    if (stopped) return;
+    timer = setTimeout(() => {
+      void checkNow().then(schedule);
+    }, intervalMs);
+    // The monitor must never keep a finished process alive.
+    timer.unref();
+  }
+
+  const first = checkNow();
+  void first.then(schedule);
+
+  return {
+    current: () => snapshot,
+    ready: () => (snapshot.checkedAt || stopped ? Promise.resolve(snapshot) : first),
+    checkNow,
+    subscribe(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      clearTimeout(timer);
+      publish({ ...snapshot, serving: false, stopping: true });
+      listeners.clear();
+    },
+  };
+}
+
+/** Service names the health service answers for ("" is the server as a whole). */
+const KNOWN_SERVICES = new Set(["", Health.typeName, AgentService.typeName, SessionService.typeName, MessageService.typeName]);
+
+function response(status: ServingStatus): HealthCheckResponse {
+  return create(HealthCheckResponseSchema, { status });
+}
+
+function statusOf(s: HealthSnapshot): ServingStatus {
+  return s.serving ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+}
+
+/** The standard grpc.health.v1.Health service: every service is SERVING exactly when the database answers. */
+export function createHealthService(monitor: HealthMonitor): ServiceImpl<typeof Health> {
+  return {
+    async check(req) {
+      if (!KNOWN_SERVICES.has(req.service)) throw notFound("service", req.service);
+      return response(statusOf(await monitor.ready()));
+    },
+    async *watch(req, ctx) {
+      if (!KNOWN_SERVICES.has(req.service)) {
+        // The protocol keeps the stream open for an unknown service, since it may be registered later;
+        // Parley's services are fixed, so one answer is all there will ever be until the client leaves.
+        yield response(ServingStatus.SERVICE_UNKNOWN);
+        let unsubscribe = () => {};
+        await new Promise<void>((resolve) => {
+          if (ctx.signal.aborted || monitor.current().stopping) return resolve();
+          ctx.signal.addEventListener("abort", () => resolve(), { once: true });
+          unsubscribe = monitor.subscribe((s) => s.stopping && resolve());
+        });
+        unsubscribe();
+        return;
+      }
+      // Queue changes from the moment of subscription, so that none slips in between.
+      const queue: HealthSnapshot[] = [];
+      let wake: (() => void) | undefined;
+      let ended = false;
+      const onAbort = () => {
+        ended = true;
+        wake?.();
+      };
+      const unsubscribe = monitor.subscribe((s) => {
+        queue.push(s);
+        if (s.stopping) ended = true;
+        wake?.();
+      });
+      ctx.signal.addEventListener("abort", onAbort, { once: true });
+      try {
+        let last = statusOf(await monitor.ready());
+        yield response(last);
+        if (monitor.current().stopping) return;
+        for (;;) {
+          while (queue.length > 0) {
+            const s = queue.shift()!;
+            const status = statusOf(s);
+            if (status !== last) {
+              last = status;
+              yield response(status);
+            }
+          }
+          // Shutdown ends the stream after its NOT_SERVING so that connections can drain.
+          if (ended || ctx.signal.aborted) return;
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          wake = undefined;
+        }
+      } finally {
+        unsubscribe();
+        ctx.signal.removeEventListener("abort", onAbort);
+      }
+    },
+  };
+}
