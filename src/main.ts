@@ -9,6 +9,7 @@ import { createKeyCommand, listKeysCommand, revokeKeyCommand } from "./cli/keys.
 import { migrateCommand } from "./cli/migrate.js";
 import { serveCommand } from "./cli/serve.js";
 import { ConfigError, loadConfig, type Config } from "./config.js";
+import { isDatabaseUnavailable } from "./errors.js";
 
 /** Exit code for bad configuration or usage. */
 const EXIT_USAGE = 2;
@@ -143,7 +144,12 @@ export async function main(argv: string[] = process.argv): Promise<void> {
       process.stderr.write(`parley: ${err.message}\n`);
       process.exit(err.exitCode);
     }
-    process.stderr.write(`parley: ${err instanceof Error ? err.message : String(err)}\n`);
+    const message = err instanceof Error ? err.message : String(err);
+    if (isDatabaseUnavailable(err)) process.stderr.write(`parley: cannot reach the database: ${message}\n`);
+    else if ((err as { code?: unknown }).code === "42P01") {
+      // undefined_table: started with PARLEY_MIGRATE=false on a database that was never migrated.
+      process.stderr.write(`parley: the database has no Parley schema yet (${message}): run \`parley migrate\`\n`);
+    } else process.stderr.write(`parley: ${message}\n`);
     if (process.env.PARLEY_DEBUG) console.error(err);
     process.exit(1);
   }
