@@ -47,7 +47,8 @@ try {
       case "failed":
         throw new Error(`the Ask failed: ${event.event.value.code}: ${event.event.value.message}`);
       case "cancelled":
-        throw new Error("the Ask was cancelled");
+      case "interrupted":
+        throw new Error(`the Ask ended early (${event.event.case})`);
     }
   }
 

@@ -87,7 +87,7 @@ $<HTMLFormElement>("ask").addEventListener("submit", (e) => {
         const e = event.event;
         if (e.case === "textDelta") answer.textContent += e.value.text;
         else if (e.case === "completed") setStatus("completed");
-        else if (e.case === "cancelled") setStatus("cancelled");
+        else if (e.case === "cancelled" || e.case === "interrupted") setStatus(e.case);
         else if (e.case === "failed") setStatus("failed", `failed: ${e.value.code}: ${e.value.message}`);
       }
     } catch (err) {

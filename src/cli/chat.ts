@@ -230,6 +230,10 @@ export async function runChat(opts: ChatOptions): Promise<void> {
               ended = true;
               output.write(`\n[failed] ${e.event.value.code}: ${e.event.value.message}\n`);
               break;
+            case "interrupted":
+              ended = true;
+              output.write("\n[interrupted: the server running this answer stopped]\n");
+              break;
           }
         }
         if (!ended) say("\n[the stream ended without a final event]");
