@@ -1,10 +1,7 @@
-# syntax=docker/dockerfile:1
 # Parley: one container, one port (gRPC, gRPC-Web, Connect, /healthz, /readyz).
 #   docker build -t parley .
 #   docker run -p 8080:8080 -v parley-data:/data parley
-ARG NODE_IMAGE=node:24-bookworm-slim
-
-FROM ${NODE_IMAGE} AS builder
+FROM node:24-bookworm-slim AS builder
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -14,7 +11,7 @@ COPY gen ./gen
 COPY src ./src
 RUN npm run build
 
-FROM ${NODE_IMAGE} AS runtime
+FROM node:24-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     PARLEY_DATA_DIR=/data \
     PORT=8080
