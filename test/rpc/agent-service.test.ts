@@ -1,48 +1,17 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { Code, type Client } from "@connectrpc/connect";
 import { sql, type Kysely } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AgentSchema, AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { SessionService } from "../../gen/parley/v1/session_pb.js";
 import type { Database } from "../../src/db/schema.js";
 import { createTestApp, type TestApp } from "../helpers/app.js";
 import { backends } from "../helpers/databases.js";
+import { expectRejected, metadataOf } from "../helpers/errors.js";
+import { snapshot } from "../helpers/snapshot.js";
 
 type AgentInit = MessageInitShape<typeof AgentSchema>;
-
-/** The ConnectError of a call that must fail. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
-
-function reasonOf(err: ConnectError): string | undefined {
-  return err.findDetails(ErrorInfoSchema)[0]?.reason;
-}
-
-function metadataOf(err: ConnectError): Record<string, string> {
-  return err.findDetails(ErrorInfoSchema)[0]?.metadata ?? {};
-}
-
-function fieldsOf(err: ConnectError): string[] {
-  return err.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map((v) => v.field));
-}
-
-/** Every row of the tables these RPCs write, to prove a rejected request changed nothing. */
-async function snapshot(db: Kysely<Database>): Promise<string> {
-  const [agents, sessions, messages] = await Promise.all([
-    db.selectFrom("agents").selectAll().orderBy("id").execute(),
-    db.selectFrom("sessions").selectAll().orderBy("id").execute(),
-    db.selectFrom("messages").selectAll().orderBy("id").execute(),
-  ]);
-  return JSON.stringify({ agents, sessions, messages });
-}
 
 const fullAgent: AgentInit = {
   name: "Support bot",
@@ -74,20 +43,11 @@ describe.each(backends())("AgentService on %s", (backend) => {
   });
 
   /** Expects the call to be rejected with this code (and reason/field when given) and the database to be unchanged. */
-  async function rejects(
+  const rejects = (
     call: () => Promise<unknown>,
     code: Code,
     expected: { reason?: string; field?: string; fields?: string[] } = {},
-  ): Promise<ConnectError> {
-    const before = await snapshot(db);
-    const err = await failure(call());
-    expect(Code[err.code]).toBe(Code[code]);
-    if (expected.reason) expect(reasonOf(err)).toBe(expected.reason);
-    if (expected.field) expect(fieldsOf(err)).toEqual([expected.field]);
-    if (expected.fields) expect(fieldsOf(err).sort()).toEqual([...expected.fields].sort());
-    expect(await snapshot(db)).toBe(before);
-    return err;
-  }
+  ) => expectRejected(() => snapshot(db, ["agents", "sessions", "messages"]), call, code, expected);
 
   describe("CreateAgent and GetAgent", () => {
     it("stores every field and reads it back", async () => {

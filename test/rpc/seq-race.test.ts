@@ -16,6 +16,7 @@ import type { Database } from "../../src/db/schema.js";
 import { lastMessages } from "../../src/repos/messages.js";
 import { bearer } from "../helpers/app.js";
 import { backends, createTestDatabase, type Backend, type TestDatabase } from "../helpers/databases.js";
+import { errorOf } from "../helpers/errors.js";
 import { createFakeModels } from "../helpers/fake-models.js";
 
 /**
@@ -64,13 +65,6 @@ async function createRecordingApp(backend: Backend) {
 type RecordingApp = Awaited<ReturnType<typeof createRecordingApp>>;
 
 const user = (content: string) => ({ role: MessageRole.USER, content });
-
-async function failure(call: Promise<unknown>): Promise<ConnectError | undefined> {
-  return call.then(
-    () => undefined,
-    (e: unknown) => ConnectError.from(e),
-  );
-}
 
 describe.each(backends())("seq under concurrency and O(window) history on %s", (backend) => {
   let r: RecordingApp;
@@ -131,7 +125,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       const expectedLastSeq = BigInt(round);
       const outcomes = await Promise.all(
         Array.from({ length: callers }, (_, i) =>
-          failure(r.messages.appendMessages({ sessionId, messages: [user(`round ${round} caller ${i}`)], expectedLastSeq })),
+          errorOf(r.messages.appendMessages({ sessionId, messages: [user(`round ${round} caller ${i}`)], expectedLastSeq })),
         ),
       );
       const errors = outcomes.filter((e): e is ConnectError => e !== undefined);

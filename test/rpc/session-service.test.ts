@@ -1,9 +1,8 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { Code, type Client } from "@connectrpc/connect";
 import { sql, type Kysely } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageRole, MessageStatus } from "../../gen/parley/v1/common_pb.js";
 import {
@@ -16,43 +15,13 @@ import {
 import type { Database } from "../../src/db/schema.js";
 import { createTestApp, type TestApp } from "../helpers/app.js";
 import { backends } from "../helpers/databases.js";
+import { expectRejected, metadataOf } from "../helpers/errors.js";
+import { snapshot } from "../helpers/snapshot.js";
 
 type SessionInit = MessageInitShape<typeof SessionSchema>;
 type ListInit = MessageInitShape<typeof ListSessionsRequestSchema>;
 
 const UNKNOWN_ID = "0190a5d6-0000-7000-8000-000000000000";
-
-/** The ConnectError of a call that must fail. */
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
-
-function reasonOf(err: ConnectError): string | undefined {
-  return err.findDetails(ErrorInfoSchema)[0]?.reason;
-}
-
-function metadataOf(err: ConnectError): Record<string, string> {
-  return err.findDetails(ErrorInfoSchema)[0]?.metadata ?? {};
-}
-
-function fieldsOf(err: ConnectError): string[] {
-  return err.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map((v) => v.field));
-}
-
-/** Every row of the tables these RPCs write, to prove a rejected request changed nothing. */
-async function snapshot(db: Kysely<Database>): Promise<string> {
-  const [agents, sessions, messages] = await Promise.all([
-    db.selectFrom("agents").selectAll().orderBy("id").execute(),
-    db.selectFrom("sessions").selectAll().orderBy("id").execute(),
-    db.selectFrom("messages").selectAll().orderBy("id").execute(),
-  ]);
-  return JSON.stringify({ agents, sessions, messages });
-}
 
 const mask = (...paths: string[]) => create(FieldMaskSchema, { paths });
 
@@ -77,20 +46,11 @@ describe.each(backends())("SessionService on %s", (backend) => {
   });
 
   /** Expects the call to be rejected with this code (and reason/field when given) and the database to be unchanged. */
-  async function rejects(
+  const rejects = (
     call: () => Promise<unknown>,
     code: Code,
     expected: { reason?: string; field?: string; fields?: string[] } = {},
-  ): Promise<ConnectError> {
-    const before = await snapshot(db);
-    const err = await failure(call());
-    expect(Code[err.code]).toBe(Code[code]);
-    if (expected.reason) expect(reasonOf(err)).toBe(expected.reason);
-    if (expected.field) expect(fieldsOf(err)).toEqual([expected.field]);
-    if (expected.fields) expect(fieldsOf(err).sort()).toEqual([...expected.fields].sort());
-    expect(await snapshot(db)).toBe(before);
-    return err;
-  }
+  ) => expectRejected(() => snapshot(db, ["agents", "sessions", "messages"]), call, code, expected);
 
   async function newSession(init: SessionInit = {}) {
     return (await sessions.createSession({ session: { agentId: plainAgentId, userId: "user-1", ...init } })).session!;

@@ -10,20 +10,13 @@ import { newId } from "../../src/ids.js";
 import { createApiKey, revokeApiKey } from "../../src/repos/api-keys.js";
 import { bearer, createTestApp, type TestApp } from "../helpers/app.js";
 import { backends } from "../helpers/databases.js";
+import { errorOf } from "../helpers/errors.js";
 import { controlledModel, createFakeModels } from "../helpers/fake-models.js";
 
 interface Clients {
   agents: Client<typeof AgentService>;
   sessions: Client<typeof SessionService>;
   messages: Client<typeof MessageService>;
-}
-
-/** The error of a call (unary, or a whole server stream), or undefined when it succeeded. */
-async function errorOf(call: Promise<unknown>): Promise<ConnectError | undefined> {
-  return call.then(
-    () => undefined,
-    (e: unknown) => ConnectError.from(e),
-  );
 }
 
 /** Reads a whole Ask stream. */
