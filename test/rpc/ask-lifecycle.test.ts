@@ -6,7 +6,7 @@ import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageStatus } from "../../gen/parley/v1/common_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
 import { create } from "@bufbuild/protobuf";
-import { AskRequestSchema, AskStatus, SessionService, type AskEvent, type AskResponse } from "../../gen/parley/v1/session_pb.js";
+import { AskRequestSchema, AskStatus, SessionService, type AskEvent } from "../../gen/parley/v1/session_pb.js";
 import { validateAsk } from "../../src/ask/runtime.js";
 import type { ModelRegistry } from "../../src/ask/models/registry.js";
 import type { Config } from "../../src/config.js";
@@ -14,51 +14,15 @@ import { newId } from "../../src/ids.js";
 import { insertAsk } from "../../src/repos/asks.js";
 import { appendMessages } from "../../src/repos/messages.js";
 import { createTestApp, type TestApp } from "../helpers/app.js";
+import { casesOf, collect, stepper } from "../helpers/ask-stream.js";
 import { backends, type Backend } from "../helpers/databases.js";
+import { failure, reasonOf } from "../helpers/errors.js";
 import { controlledModel, createFakeModels, type ControlledModel } from "../helpers/fake-models.js";
-
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
-
-const reasonOf = (e: ConnectError) => e.findDetails(ErrorInfoSchema)[0]?.reason;
-
-async function collect(stream: AsyncIterable<AskResponse>): Promise<AskEvent[]> {
-  const out: AskEvent[] = [];
-  for await (const r of stream) out.push(r.event!);
-  return out;
-}
-
-function stepper(stream: AsyncIterable<AskResponse>) {
-  const it = stream[Symbol.asyncIterator]();
-  return {
-    async next(): Promise<AskEvent> {
-      const r = await it.next();
-      if (r.done) throw new Error("the stream ended early");
-      return r.value.event!;
-    },
-    async rest(): Promise<AskEvent[]> {
-      const out: AskEvent[] = [];
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return out;
-        out.push(r.value.event!);
-      }
-    },
-  };
-}
 
 function startedOf(e: AskEvent) {
   if (e.event.case !== "started") throw new Error(`expected Started, got ${e.event.case}`);
   return e.event.value;
 }
-
-const casesOf = (events: AskEvent[]) => events.map((e) => e.event.case);
 
 /** A test app whose `fake:ctl` model is the current `ctl` of the returned handle. */
 async function appWithControlledModel(backend: Backend, config: Partial<Config> = {}) {

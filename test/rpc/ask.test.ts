@@ -1,8 +1,6 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import type { Kysely } from "kysely";
+import { Code, type Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
-import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import {
   AgentService,
   type ContextPolicySchema,
@@ -15,13 +13,14 @@ import {
   SessionService,
   type AskEvent,
   type AskRequestSchema,
-  type AskResponse,
 } from "../../gen/parley/v1/session_pb.js";
 import type { ModelRegistry } from "../../src/ask/models/registry.js";
-import type { Database } from "../../src/db/schema.js";
 import { createTestApp, type TestApp } from "../helpers/app.js";
+import { casesOf, collect, stepper } from "../helpers/ask-stream.js";
 import { backends } from "../helpers/databases.js";
+import { failure, fieldsOf, metadataOf, reasonOf } from "../helpers/errors.js";
 import { controlledModel, createFakeModels, type ControlledModel } from "../helpers/fake-models.js";
+import { snapshot } from "../helpers/snapshot.js";
 
 interface AgentInit {
   model?: string;
@@ -31,62 +30,12 @@ interface AgentInit {
 }
 type AskInit = MessageInitShape<typeof AskRequestSchema>;
 
-async function failure(call: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await call;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  throw new Error("expected the call to fail");
-}
-
-const reasonOf = (e: ConnectError) => e.findDetails(ErrorInfoSchema)[0]?.reason;
-const metadataOf = (e: ConnectError) => e.findDetails(ErrorInfoSchema)[0]?.metadata ?? {};
-const fieldsOf = (e: ConnectError) => e.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations.map((v) => v.field));
-
-async function collect(stream: AsyncIterable<AskResponse>): Promise<AskEvent[]> {
-  const out: AskEvent[] = [];
-  for await (const r of stream) out.push(r.event!);
-  return out;
-}
-
-/** Reads an Ask stream one event at a time. */
-function stepper(stream: AsyncIterable<AskResponse>) {
-  const it = stream[Symbol.asyncIterator]();
-  return {
-    async next(): Promise<AskEvent> {
-      const r = await it.next();
-      if (r.done) throw new Error("the stream ended early");
-      return r.value.event!;
-    },
-    async rest(): Promise<AskEvent[]> {
-      const out: AskEvent[] = [];
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return out;
-        out.push(r.value.event!);
-      }
-    },
-  };
-}
-
 const textOf = (events: AskEvent[]) =>
   events.map((e) => (e.event.case === "textDelta" ? e.event.value.text : "")).join("");
-const casesOf = (events: AskEvent[]) => events.map((e) => e.event.case);
 
 function expectGapFree(events: AskEvent[], askId: string) {
   expect(events.map((e) => Number(e.seq))).toEqual(events.map((_, i) => i + 1));
   for (const e of events) expect(e.askId).toBe(askId);
-}
-
-/** Every row an Ask may write, to prove a rejected request changed nothing. */
-async function snapshot(db: Kysely<Database>): Promise<string> {
-  const [sessions, messages, asks] = await Promise.all([
-    db.selectFrom("sessions").selectAll().orderBy("id").execute(),
-    db.selectFrom("messages").selectAll().orderBy("id").execute(),
-    db.selectFrom("asks").selectAll().orderBy("id").execute(),
-  ]);
-  return JSON.stringify({ sessions, messages, asks });
 }
 
 describe.each(backends())("Ask on %s", (backend) => {
@@ -202,13 +151,13 @@ describe.each(backends())("Ask on %s", (backend) => {
     const s = stepper(sessions.ask({ sessionId, content: "first" }));
     const started = await s.next();
     if (started.event.case !== "started") throw new Error("expected Started");
-    const before = await snapshot(t.app.db);
+    const before = await snapshot(t.app.db, ["sessions", "messages", "asks"]);
 
     const err = await failure(collect(sessions.ask({ sessionId, content: "second" })));
     expect(err.code).toBe(Code.FailedPrecondition);
     expect(reasonOf(err)).toBe("ASK_ALREADY_RUNNING");
     expect(metadataOf(err).ask_id).toBe(started.event.value.askId);
-    expect(await snapshot(t.app.db)).toBe(before);
+    expect(await snapshot(t.app.db, ["sessions", "messages", "asks"])).toBe(before);
 
     (await ctl.call(0)).finish();
     expect(casesOf(await s.rest())).toEqual(["usage", "completed"]);
@@ -377,17 +326,17 @@ describe.each(backends())("Ask on %s", (backend) => {
 
   it("fails with FAILED_PRECONDITION MODEL_PROVIDER_NOT_CONFIGURED before storing anything", async () => {
     const sessionId = await newSession({ model: "openai:gpt-4o-mini" });
-    const before = await snapshot(t.app.db);
+    const before = await snapshot(t.app.db, ["sessions", "messages", "asks"]);
     const err = await failure(collect(sessions.ask({ sessionId, content: "q" })));
     expect(err.code).toBe(Code.FailedPrecondition);
     expect(reasonOf(err)).toBe("MODEL_PROVIDER_NOT_CONFIGURED");
     expect(metadataOf(err).model).toBe("openai:gpt-4o-mini");
-    expect(await snapshot(t.app.db)).toBe(before);
+    expect(await snapshot(t.app.db, ["sessions", "messages", "asks"])).toBe(before);
   });
 
   it("validates the request before storing anything", async () => {
     const sessionId = await newSession();
-    const before = await snapshot(t.app.db);
+    const before = await snapshot(t.app.db, ["sessions", "messages", "asks"]);
     const cases: Array<[AskInit, string]> = [
       [{ sessionId: "", content: "q" }, "session_id"],
       [{ sessionId: "not-a-uuid", content: "q" }, "session_id"],
@@ -418,12 +367,12 @@ describe.each(backends())("Ask on %s", (backend) => {
     const other = await t.newTenant();
     const theirs = await newSession({ model: "fake:hello" }, other.key);
     const mine = await newSession({ model: "fake:hello" });
-    const before = await snapshot(t.app.db);
+    const before = await snapshot(t.app.db, ["sessions", "messages", "asks"]);
     for (const sessionId of [theirs, "0190a8a0-0000-7000-8000-000000000000"]) {
       const err = await failure(collect(sessions.ask({ sessionId, content: "q" })));
       expect(err.code).toBe(Code.NotFound);
     }
-    expect(await snapshot(t.app.db)).toBe(before);
+    expect(await snapshot(t.app.db, ["sessions", "messages", "asks"])).toBe(before);
 
     const events = await collect(t.client(SessionService, other.key).ask({ sessionId: theirs, content: "q" }));
     const askId = events[0]!.event.case === "started" ? events[0]!.event.value.askId : "";
@@ -435,11 +384,11 @@ describe.each(backends())("Ask on %s", (backend) => {
     expect((await failure(collect(sessions.ask({ sessionId: theirs, content: "q", requestId: "x" })))).code).toBe(Code.NotFound);
 
     await sessions.archiveSession({ sessionId: mine });
-    const archived = await snapshot(t.app.db);
+    const archived = await snapshot(t.app.db, ["sessions", "messages", "asks"]);
     const err = await failure(collect(sessions.ask({ sessionId: mine, content: "q" })));
     expect(err.code).toBe(Code.FailedPrecondition);
     expect(reasonOf(err)).toBe("SESSION_ARCHIVED");
-    expect(await snapshot(t.app.db)).toBe(archived);
+    expect(await snapshot(t.app.db, ["sessions", "messages", "asks"])).toBe(archived);
   });
 
   it("sends the agent's instructions, the history window and the generation parameters (overrides win) to the model", async () => {

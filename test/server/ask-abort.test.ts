@@ -4,8 +4,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageStatus } from "../../gen/parley/v1/common_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
-import { AskStatus, SessionService, type AskEvent, type AskResponse } from "../../gen/parley/v1/session_pb.js";
+import { AskStatus, SessionService } from "../../gen/parley/v1/session_pb.js";
 import { bearer } from "../helpers/app.js";
+import { stepper } from "../helpers/ask-stream.js";
 import { backends } from "../helpers/databases.js";
 import { startFakeOpenAI, type FakeOpenAI, type FakeOpenAIReply } from "../helpers/fake-openai.js";
 import { startTestServer, type TestServer } from "../helpers/server.js";
@@ -21,26 +22,6 @@ function lastUserContent(body: any): string {
   const msgs: Array<{ role: string; content: unknown }> = body?.messages ?? [];
   const last = [...msgs].reverse().find((m) => m.role === "user");
   return typeof last?.content === "string" ? last.content : "";
-}
-
-/** Reads an Ask stream one event at a time. */
-function stepper(stream: AsyncIterable<AskResponse>) {
-  const it = stream[Symbol.asyncIterator]();
-  return {
-    async next(): Promise<AskEvent> {
-      const r = await it.next();
-      if (r.done) throw new Error("the stream ended early");
-      return r.value.event!;
-    },
-    async rest(): Promise<AskEvent[]> {
-      const out: AskEvent[] = [];
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return out;
-        out.push(r.value.event!);
-      }
-    },
-  };
 }
 
 describe.each(backends())("Ask through openai-compatible against a local HTTP server, over gRPC (%s)", (backend) => {

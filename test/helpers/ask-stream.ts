@@ -1,0 +1,31 @@
+import type { AskEvent, AskResponse } from "../../gen/parley/v1/session_pb.js";
+
+/** Reads a whole Ask stream. */
+export async function collect(stream: AsyncIterable<AskResponse>): Promise<AskEvent[]> {
+  const out: AskEvent[] = [];
+  for await (const r of stream) out.push(r.event!);
+  return out;
+}
+
+/** Reads an Ask stream one event at a time. */
+export function stepper(stream: AsyncIterable<AskResponse>) {
+  const it = stream[Symbol.asyncIterator]();
+  return {
+    async next(): Promise<AskEvent> {
+      const r = await it.next();
+      if (r.done) throw new Error("the stream ended early");
+      return r.value.event!;
+    },
+    async rest(): Promise<AskEvent[]> {
+      const out: AskEvent[] = [];
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return out;
+        out.push(r.value.event!);
+      }
+    },
+  };
+}
+
+/** The kind of each event, e.g. ["started", "textDelta", "completed"]. */
+export const casesOf = (events: AskEvent[]) => events.map((e) => e.event.case);
