@@ -195,6 +195,17 @@ function checkNotStreaming(row: Pick<MessageRow, "status"> | undefined, messageI
   }
 }
 
+/** The message row of the tenant, locked FOR UPDATE until the transaction ends; undefined when there is none. */
+async function lockMessage(tx: Transaction<Database>, tenantId: string, messageId: string): Promise<MessageRow | undefined> {
+  return tx
+    .selectFrom("messages")
+    .selectAll()
+    .where("id", "=", messageId)
+    .where("tenant_id", "=", tenantId)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
 /**
  * Updates content and/or metadata of a message that no Ask is writing. The row
  * is locked before the session (the order the Ask uses when it finishes) and
@@ -207,13 +218,7 @@ export async function updateMessage(
   patch: { readonly content?: string; readonly metadata?: JsonObject },
   check: (row: MessageRow) => void = () => {},
 ): Promise<MessageRow> {
-  const current = await tx
-    .selectFrom("messages")
-    .selectAll()
-    .where("id", "=", messageId)
-    .where("tenant_id", "=", tenantId)
-    .forUpdate()
-    .executeTakeFirst();
+  const current = await lockMessage(tx, tenantId, messageId);
   checkNotStreaming(current, messageId);
   check(current!);
   const row = await tx
@@ -257,13 +262,7 @@ export async function setFeedback(
   feedback: { readonly rating: FeedbackJson["rating"]; readonly comment: string } | null,
   check: (row: MessageRow) => void = () => {},
 ): Promise<MessageRow> {
-  const current = await tx
-    .selectFrom("messages")
-    .selectAll()
-    .where("id", "=", messageId)
-    .where("tenant_id", "=", tenantId)
-    .forUpdate()
-    .executeTakeFirst();
+  const current = await lockMessage(tx, tenantId, messageId);
   if (!current) throw notFound("message", messageId);
   check(current);
   const row = await tx
