@@ -70,6 +70,19 @@ export function clientInterceptors(options: ParleyClientOptions): Interceptor[] 
   return [createHeaderInterceptor(options.apiKey, options.headers), ...(options.interceptors ?? [])];
 }
 
+/** The transport options every client shares, whatever its transport: base URL, interceptors, default timeout. */
+export function commonTransportOptions(options: ParleyClientOptions): {
+  baseUrl: string;
+  interceptors: Interceptor[];
+  defaultTimeoutMs?: number;
+} {
+  return {
+    baseUrl: options.baseUrl,
+    interceptors: clientInterceptors(options),
+    ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
+  };
+}
+
 /** Builds the typed clients and ask() on any transport (Node, web, or in-memory for tests). */
 export function createParleyClientFromTransport(transport: Transport): ParleyClient {
   const sessions = createClient(SessionService, transport);

@@ -4,7 +4,7 @@ import type { ConnectionOptions } from "node:tls";
 import type { Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
-  clientInterceptors,
+  commonTransportOptions,
   createParleyClientFromTransport,
   type ParleyClient,
   type ParleyClientOptions,
@@ -52,11 +52,7 @@ function tlsOptions(tls: NodeTlsOptions | undefined): ConnectionOptions {
 
 /** Creates a Parley client for Node over gRPC (default) or Connect, sending the API key on every call. */
 export function createParleyClient(options: NodeParleyClientOptions): NodeParleyClient {
-  const common = {
-    baseUrl: options.baseUrl,
-    interceptors: clientInterceptors(options),
-    ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
-  };
+  const common = commonTransportOptions(options);
   const tls = tlsOptions(options.tls);
   let transport: Transport;
   let close: () => void;

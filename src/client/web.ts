@@ -1,7 +1,7 @@
 // Browser entry point: fetch-based transports only, no node: modules.
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import {
-  clientInterceptors,
+  commonTransportOptions,
   createParleyClientFromTransport,
   type ParleyClient,
   type ParleyClientOptions,
@@ -22,9 +22,7 @@ export interface WebParleyClientOptions extends ParleyClientOptions {
 /** Creates a Parley client for browsers over Connect (default) or gRPC-Web, sending the API key on every call. */
 export function createParleyClient(options: WebParleyClientOptions): ParleyClient {
   const common = {
-    baseUrl: options.baseUrl,
-    interceptors: clientInterceptors(options),
-    ...(options.defaultTimeoutMs !== undefined ? { defaultTimeoutMs: options.defaultTimeoutMs } : {}),
+    ...commonTransportOptions(options),
     ...(options.fetch ? { fetch: options.fetch } : {}),
   };
   const transport =
