@@ -150,7 +150,10 @@ export async function runChat(opts: ChatOptions): Promise<void> {
   const client = createParleyClient({ baseUrl: opts.url, apiKey, transport: opts.transport ?? "grpc" });
   const terminal = opts.terminal ?? Boolean((input as { isTTY?: boolean }).isTTY);
   const rl = createInterface({ input, output, terminal, prompt: "you> " });
-  // Ctrl-D can close the interface while an answer is still being read.
+  // Iterating from the start buffers lines that arrive (piped input) while the
+  // agent and session are set up.
+  const lines = rl[Symbol.asyncIterator]();
+  // Ctrl-D or the end of piped input can close the interface while an answer is still being read.
   let closed = false;
   rl.once("close", () => (closed = true));
 
@@ -245,8 +248,8 @@ export async function runChat(opts: ChatOptions): Promise<void> {
       }
     };
 
-    rl.prompt();
-    for await (const line of rl) {
+    if (!closed) rl.prompt();
+    for await (const line of lines) {
       const cmd = parseChatLine(line);
       try {
         switch (cmd.kind) {

@@ -102,6 +102,17 @@ describe("parley chat against a running server", () => {
     ]);
   });
 
+  it("reads piped input that ends before the session is set up", async () => {
+    const input = new PassThrough();
+    const output = new PassThrough();
+    let screen = "";
+    output.on("data", (chunk: Buffer) => (screen += chunk.toString("utf8")));
+    input.end("Hello\n/history\n");
+    await runChat({ url: t.url, apiKey: t.adminKey, userId: "chat-piped", input, output, terminal: false, env: {} });
+    expect(screen).toContain("assistant: Hello, world!\n");
+    expect(screen).toContain("#1 you: Hello\n#2 assistant: Hello, world!\n");
+  });
+
   it("fails with NotFound for an unknown session instead of starting", async () => {
     const err = await runChat({
       url: t.url,
