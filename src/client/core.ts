@@ -1,7 +1,7 @@
 // The part of Parley's client shared by Node and browsers. It must stay free of
 // node: imports: src/client/web.ts bundles it for browsers.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type CallOptions, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
 import { SessionService, type AskEvent, type AskRequestSchema } from "../../gen/parley/v1/session_pb.js";
@@ -92,11 +92,8 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
     messages: createClient(MessageService, transport),
     transport,
     async *ask(request, options = {}) {
-      const call: CallOptions = {};
-      if (options.signal) call.signal = options.signal;
-      if (options.timeoutMs !== undefined) call.timeoutMs = options.timeoutMs;
-      if (options.headers) call.headers = { ...options.headers };
-      for await (const res of sessions.ask(request, call)) {
+      const { signal, timeoutMs, headers } = options;
+      for await (const res of sessions.ask(request, { signal, timeoutMs, headers })) {
         // An AskResponse always carries an event; one without is skipped rather
         // than surfaced as a half-empty value.
         if (res.event) yield res.event;
@@ -104,7 +101,6 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
     },
   };
 }
-
 
 export { Code, ConnectError } from "@connectrpc/connect";
 export type { Agent } from "../../gen/parley/v1/agent_pb.js";
