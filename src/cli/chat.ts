@@ -12,7 +12,7 @@ export interface ChatOptions {
   readonly url: string;
   /** Empty: PARLEY_API_KEY, then `<dataDir>/admin.key`. */
   readonly apiKey?: string;
-  /** Talk to this agent; without it, an agent named "Parley chat" is found or created. */
+  /** Agent of a new session; without it, an agent named "Parley chat" is found or created. Unused with sessionId. */
   readonly agentId?: string;
   /** Continue this session; without it, a new session is created. */
   readonly sessionId?: string;
@@ -179,12 +179,12 @@ export async function runChat(opts: ChatOptions): Promise<void> {
   if (!terminal) process.on("SIGINT", onInterrupt);
 
   try {
-    const agentId = opts.agentId || (await findOrCreateAgent(client, opts.model ?? ""));
     let sessionId = opts.sessionId ?? "";
     if (sessionId) {
       const { session } = await client.sessions.getSession({ sessionId });
       say(`Session ${sessionId} (${session?.messageCount ?? 0} messages). /history shows them.`);
     } else {
+      const agentId = opts.agentId || (await findOrCreateAgent(client, opts.model ?? ""));
       const created = await client.sessions.createSession({
         session: { agentId, userId: opts.userId || defaultUserId(), name: `Chat ${new Date().toISOString().slice(0, 16)}` },
       });
