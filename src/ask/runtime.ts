@@ -1,7 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { fingerprint } from "../fingerprint.js";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
+  ResumeAskResponseSchema,
   AskResponseSchema,
   type AskEvent,
   type AskRequest,
@@ -44,7 +45,10 @@ export interface AskRuntimeDeps extends ServiceDeps {
 
 /** Runs Asks: the three SessionService handlers and the shutdown drain. */
 export interface AskRuntime {
-  readonly handlers: Pick<ServiceImpl<typeof SessionService>, "ask" | "cancelAsk" | "getAsk">;
+  readonly handlers: Pick<
+    ServiceImpl<typeof SessionService>,
+    "ask" | "cancelAsk" | "getAsk" | "resumeAsk" | "watchSession"
+  >;
   /** Number of Asks running in this process. */
   running(): number;
   /** Waits up to graceMs for running Asks to finish, then cancels the rest (reason "shutdown"), keeping partial answers. */
@@ -363,6 +367,22 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   return {
     handlers: {
       ask,
+      async *resumeAsk(req, ctx) {
+        const { tenantId } = callerOf(ctx);
+        const askId = requireId("ask_id", req.askId);
+        if (req.afterSeq < 0n) throw invalidArgument("after_seq", "must not be negative", "OUT_OF_RANGE");
+        // The log is keyed by ask id only: check the tenant before reading it.
+        if (!(await getAsk(db, tenantId, askId))) throw notFound("ask", askId);
+        const afterSeq = req.afterSeq > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(req.afterSeq);
+        for await (const event of follow(tenantId, askId, afterSeq, ctx.signal)) {
+          yield create(ResumeAskResponseSchema, { event });
+        }
+      },
+      // TODO(issue 4): WatchSession is being built; until then it is not served.
+      // eslint-disable-next-line require-yield
+      async *watchSession() {
+        throw new ConnectError("WatchSession is not implemented yet", Code.Unimplemented);
+      },
       async cancelAsk(req, ctx) {
         const { tenantId } = callerOf(ctx);
         const askId = requireId("ask_id", req.askId);

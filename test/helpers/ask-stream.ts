@@ -1,14 +1,17 @@
-import type { AskEvent, AskResponse } from "../../gen/parley/v1/session_pb.js";
+import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
+
+/** An Ask or ResumeAsk response stream: each response carries one event. */
+type EventStream = AsyncIterable<{ event?: AskEvent | undefined }>;
 
 /** Reads a whole Ask stream. */
-export async function collect(stream: AsyncIterable<AskResponse>): Promise<AskEvent[]> {
+export async function collect(stream: EventStream): Promise<AskEvent[]> {
   const out: AskEvent[] = [];
   for await (const r of stream) out.push(r.event!);
   return out;
 }
 
 /** Reads an Ask stream one event at a time. */
-export function stepper(stream: AsyncIterable<AskResponse>) {
+export function stepper(stream: EventStream) {
   const it = stream[Symbol.asyncIterator]();
   return {
     async next(): Promise<AskEvent> {

@@ -202,6 +202,40 @@ describe.each(backends())("Ask on %s", (backend) => {
     expect(await history(sessionId)).toHaveLength(2);
   });
 
+  it("ResumeAsk replays the events after a seq, then follows live; reassembled text is the model's output", async () => {
+    const sessionId = await newSession();
+    const first = stepper(sessions.ask({ sessionId, content: "resume me" }));
+    const started = await first.next();
+    if (started.event.case !== "started") throw new Error("expected Started");
+    const askId = started.event.value.askId;
+    const call = await ctl.call(0);
+    call.push("one ");
+    const d1 = await first.next();
+
+    // Attach after the first event: replays the delta, then follows what comes next.
+    const resumed = stepper(sessions.resumeAsk({ askId, afterSeq: 1n }));
+    expect(await resumed.next()).toEqual(d1);
+    call.push("two");
+    call.finish();
+    const restFirst = await first.rest();
+    const restResumed = await resumed.rest();
+    expect(restResumed).toEqual(restFirst);
+    expect(textOf([d1, ...restResumed])).toBe("one two");
+
+    // After completion, from any seq: exactly the tail.
+    const all = [started, d1, ...restFirst];
+    for (const after of [0, 2, all.length]) {
+      const tail = await collect(sessions.resumeAsk({ askId, afterSeq: BigInt(after) }));
+      expect(tail).toEqual(all.slice(after));
+    }
+
+    const neg = await failure(collect(sessions.resumeAsk({ askId, afterSeq: -1n })));
+    expect([neg.code, fieldsOf(neg)]).toEqual([Code.InvalidArgument, ["after_seq"]]);
+    const other = await t.newTenant("resume-other");
+    const foreign = await failure(collect(t.client(SessionService, other.key).resumeAsk({ askId })));
+    expect(foreign.code).toBe(Code.NotFound);
+  });
+
   it("CancelAsk aborts the model call and keeps the partial answer as CANCELLED", async () => {
     const sessionId = await newSession();
     const s = stepper(sessions.ask({ sessionId, content: "long story" }));

@@ -166,6 +166,7 @@ describe.each(backends())("tenancy on %s", (backend) => {
     );
     await sameAsUnknown("CancelAsk", mine, none, (x: Ids) => b.sessions.cancelAsk({ askId: x.askId }));
     await sameAsUnknown("GetAsk", mine, none, (x: Ids) => b.sessions.getAsk({ askId: x.askId }));
+    await sameAsUnknown("ResumeAsk", mine, none, (x: Ids) => drain(b.sessions.resumeAsk({ askId: x.askId })));
 
     // MessageService
     await sameAsUnknown("ListMessages", mine, none, (x: Ids) => b.messages.listMessages({ sessionId: x.sessionId }));

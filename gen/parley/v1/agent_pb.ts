@@ -4,15 +4,17 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ConcurrencyPolicy } from "./common_pb.js";
+import { file_parley_v1_common } from "./common_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file parley/v1/agent.proto.
  */
 export const file_parley_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChVwYXJsZXkvdjEvYWdlbnQucHJvdG8SCXBhcmxleS52MSKeAQoQR2VuZXJhdGlvbkNvbmZpZxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEhIKBXRvcF9wGAIgASgBSAGIAQESHgoRbWF4X291dHB1dF90b2tlbnMYAyABKAVIAogBARIMCgRzdG9wGAQgAygJQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFAoSX21heF9vdXRwdXRfdG9rZW5zIkcKDUNvbnRleHRQb2xpY3kSHAoUbWF4X2hpc3RvcnlfbWVzc2FnZXMYASABKAUSGAoQbWF4X2lucHV0X3Rva2VucxgCIAEoBSLrAgoFQWdlbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIUCgxpbnN0cnVjdGlvbnMYBCABKAkSDQoFbW9kZWwYBSABKAkSLwoKZ2VuZXJhdGlvbhgGIAEoCzIbLnBhcmxleS52MS5HZW5lcmF0aW9uQ29uZmlnEhAKCHByb2xvZ3VlGAcgASgJEjAKDmNvbnRleHRfcG9saWN5GAggASgLMhgucGFybGV5LnYxLkNvbnRleHRQb2xpY3kSKQoIbWV0YWRhdGEYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgMIAEoCSI1ChJDcmVhdGVBZ2VudFJlcXVlc3QSHwoFYWdlbnQYASABKAsyEC5wYXJsZXkudjEuQWdlbnQiNgoTQ3JlYXRlQWdlbnRSZXNwb25zZRIfCgVhZ2VudBgBIAEoCzIQLnBhcmxleS52MS5BZ2VudCIjCg9HZXRBZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiMwoQR2V0QWdlbnRSZXNwb25zZRIfCgVhZ2VudBgBIAEoCzIQLnBhcmxleS52MS5BZ2VudCI6ChFMaXN0QWdlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJPChJMaXN0QWdlbnRzUmVzcG9uc2USIAoGYWdlbnRzGAEgAygLMhAucGFybGV5LnYxLkFnZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJmChJVcGRhdGVBZ2VudFJlcXVlc3QSHwoFYWdlbnQYASABKAsyEC5wYXJsZXkudjEuQWdlbnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjYKE1VwZGF0ZUFnZW50UmVzcG9uc2USHwoFYWdlbnQYASABKAsyEC5wYXJsZXkudjEuQWdlbnQiQwoSRGVsZXRlQWdlbnRSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEgwKBGV0YWcYAiABKAkSDQoFZm9yY2UYAyABKAgiFQoTRGVsZXRlQWdlbnRSZXNwb25zZTKSAwoMQWdlbnRTZXJ2aWNlEkwKC0NyZWF0ZUFnZW50Eh0ucGFybGV5LnYxLkNyZWF0ZUFnZW50UmVxdWVzdBoeLnBhcmxleS52MS5DcmVhdGVBZ2VudFJlc3BvbnNlEkgKCEdldEFnZW50EhoucGFybGV5LnYxLkdldEFnZW50UmVxdWVzdBobLnBhcmxleS52MS5HZXRBZ2VudFJlc3BvbnNlIgOQAgESTgoKTGlzdEFnZW50cxIcLnBhcmxleS52MS5MaXN0QWdlbnRzUmVxdWVzdBodLnBhcmxleS52MS5MaXN0QWdlbnRzUmVzcG9uc2UiA5ACARJMCgtVcGRhdGVBZ2VudBIdLnBhcmxleS52MS5VcGRhdGVBZ2VudFJlcXVlc3QaHi5wYXJsZXkudjEuVXBkYXRlQWdlbnRSZXNwb25zZRJMCgtEZWxldGVBZ2VudBIdLnBhcmxleS52MS5EZWxldGVBZ2VudFJlcXVlc3QaHi5wYXJsZXkudjEuRGVsZXRlQWdlbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChVwYXJsZXkvdjEvYWdlbnQucHJvdG8SCXBhcmxleS52MSKeAQoQR2VuZXJhdGlvbkNvbmZpZxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEhIKBXRvcF9wGAIgASgBSAGIAQESHgoRbWF4X291dHB1dF90b2tlbnMYAyABKAVIAogBARIMCgRzdG9wGAQgAygJQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCFAoSX21heF9vdXRwdXRfdG9rZW5zIkcKDUNvbnRleHRQb2xpY3kSHAoUbWF4X2hpc3RvcnlfbWVzc2FnZXMYASABKAUSGAoQbWF4X2lucHV0X3Rva2VucxgCIAEoBSJ2Cg9SZXRyaWV2YWxDb25maWcSDQoFdG9wX2sYASABKAUSHAoUc2ltaWxhcml0eV90aHJlc2hvbGQYAiABKAESGgoSbWF4X2NvbnRleHRfdG9rZW5zGAMgASgFEhEKBGNpdGUYBCABKAhIAIgBAUIHCgVfY2l0ZSJtCgxNZW1vcnlDb25maWcSDwoHZW5hYmxlZBgBIAEoCBIRCgltYXhfaXRlbXMYAiABKAUSDwoHZXh0cmFjdBgDIAEoCBIYCgttaW5fcXVhbGl0eRgEIAEoAUgAiAEBQg4KDF9taW5fcXVhbGl0eSLNBAoFQWdlbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIUCgxpbnN0cnVjdGlvbnMYBCABKAkSDQoFbW9kZWwYBSABKAkSLwoKZ2VuZXJhdGlvbhgGIAEoCzIbLnBhcmxleS52MS5HZW5lcmF0aW9uQ29uZmlnEhAKCHByb2xvZ3VlGAcgASgJEjAKDmNvbnRleHRfcG9saWN5GAggASgLMhgucGFybGV5LnYxLkNvbnRleHRQb2xpY3kSKQoIbWV0YWRhdGEYCSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC2NyZWF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgMIAEoCRI4ChJjb25jdXJyZW5jeV9wb2xpY3kYDSABKA4yHC5wYXJsZXkudjEuQ29uY3VycmVuY3lQb2xpY3kSMgoPZW5xdWV1ZV90aW1lb3V0GA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhoKEmtub3dsZWRnZV9iYXNlX2lkcxgPIAMoCRItCglyZXRyaWV2YWwYECABKAsyGi5wYXJsZXkudjEuUmV0cmlldmFsQ29uZmlnEicKBm1lbW9yeRgRIAEoCzIXLnBhcmxleS52MS5NZW1vcnlDb25maWciNQoSQ3JlYXRlQWdlbnRSZXF1ZXN0Eh8KBWFnZW50GAEgASgLMhAucGFybGV5LnYxLkFnZW50IjYKE0NyZWF0ZUFnZW50UmVzcG9uc2USHwoFYWdlbnQYASABKAsyEC5wYXJsZXkudjEuQWdlbnQiIwoPR2V0QWdlbnRSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJIjMKEEdldEFnZW50UmVzcG9uc2USHwoFYWdlbnQYASABKAsyEC5wYXJsZXkudjEuQWdlbnQiOgoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiTwoSTGlzdEFnZW50c1Jlc3BvbnNlEiAKBmFnZW50cxgBIAMoCzIQLnBhcmxleS52MS5BZ2VudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiZgoSVXBkYXRlQWdlbnRSZXF1ZXN0Eh8KBWFnZW50GAEgASgLMhAucGFybGV5LnYxLkFnZW50Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI2ChNVcGRhdGVBZ2VudFJlc3BvbnNlEh8KBWFnZW50GAEgASgLMhAucGFybGV5LnYxLkFnZW50IkMKEkRlbGV0ZUFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIMCgRldGFnGAIgASgJEg0KBWZvcmNlGAMgASgIIhUKE0RlbGV0ZUFnZW50UmVzcG9uc2UykgMKDEFnZW50U2VydmljZRJMCgtDcmVhdGVBZ2VudBIdLnBhcmxleS52MS5DcmVhdGVBZ2VudFJlcXVlc3QaHi5wYXJsZXkudjEuQ3JlYXRlQWdlbnRSZXNwb25zZRJICghHZXRBZ2VudBIaLnBhcmxleS52MS5HZXRBZ2VudFJlcXVlc3QaGy5wYXJsZXkudjEuR2V0QWdlbnRSZXNwb25zZSIDkAIBEk4KCkxpc3RBZ2VudHMSHC5wYXJsZXkudjEuTGlzdEFnZW50c1JlcXVlc3QaHS5wYXJsZXkudjEuTGlzdEFnZW50c1Jlc3BvbnNlIgOQAgESTAoLVXBkYXRlQWdlbnQSHS5wYXJsZXkudjEuVXBkYXRlQWdlbnRSZXF1ZXN0Gh4ucGFybGV5LnYxLlVwZGF0ZUFnZW50UmVzcG9uc2USTAoLRGVsZXRlQWdlbnQSHS5wYXJsZXkudjEuRGVsZXRlQWdlbnRSZXF1ZXN0Gh4ucGFybGV5LnYxLkRlbGV0ZUFnZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_parley_v1_common]);
 
 /**
  * Generation parameters passed to the model on every turn.
@@ -89,6 +91,96 @@ export type ContextPolicy = Message<"parley.v1.ContextPolicy"> & {
  */
 export const ContextPolicySchema: GenMessage<ContextPolicy> = /*@__PURE__*/
   messageDesc(file_parley_v1_agent, 1);
+
+/**
+ * How an agent's Asks use its knowledge bases.
+ *
+ * @generated from message parley.v1.RetrievalConfig
+ */
+export type RetrievalConfig = Message<"parley.v1.RetrievalConfig"> & {
+  /**
+   * Optional. Chunks retrieved per turn, 1 to 100. 0 means the default, 8.
+   *
+   * @generated from field: int32 top_k = 1;
+   */
+  topK: number;
+
+  /**
+   * Optional. Chunks whose fused similarity is below this (0 to 1) are left
+   * out. Default 0.
+   *
+   * @generated from field: double similarity_threshold = 2;
+   */
+  similarityThreshold: number;
+
+  /**
+   * Optional. Token budget of the retrieved context, 0 to 1,000,000. 0 means
+   * the default, 4,000.
+   *
+   * @generated from field: int32 max_context_tokens = 3;
+   */
+  maxContextTokens: number;
+
+  /**
+   * Optional. Ask the model to cite chunks as [n]. Default true.
+   *
+   * @generated from field: optional bool cite = 4;
+   */
+  cite?: boolean | undefined;
+};
+
+/**
+ * Describes the message parley.v1.RetrievalConfig.
+ * Use `create(RetrievalConfigSchema)` to create a new message.
+ */
+export const RetrievalConfigSchema: GenMessage<RetrievalConfig> = /*@__PURE__*/
+  messageDesc(file_parley_v1_agent, 2);
+
+/**
+ * How an agent's Asks use the user's memories.
+ *
+ * @generated from message parley.v1.MemoryConfig
+ */
+export type MemoryConfig = Message<"parley.v1.MemoryConfig"> & {
+  /**
+   * Optional. Inject the memories relevant to each question into the prompt.
+   * Default false.
+   *
+   * @generated from field: bool enabled = 1;
+   */
+  enabled: boolean;
+
+  /**
+   * Optional. Memories injected per turn, 1 to 100. 0 means the default, 5.
+   *
+   * @generated from field: int32 max_items = 2;
+   */
+  maxItems: number;
+
+  /**
+   * Optional. After each completed Ask, extract durable facts about the user
+   * with the agent's model and store them as long-term memories. Default
+   * false.
+   *
+   * @generated from field: bool extract = 3;
+   */
+  extract: boolean;
+
+  /**
+   * Optional. Extracted facts whose quality score (0 to 1) is below this are
+   * not kept. Default 0.5.
+   *
+   * @generated from field: optional double min_quality = 4;
+   */
+  minQuality?: number | undefined;
+};
+
+/**
+ * Describes the message parley.v1.MemoryConfig.
+ * Use `create(MemoryConfigSchema)` to create a new message.
+ */
+export const MemoryConfigSchema: GenMessage<MemoryConfig> = /*@__PURE__*/
+  messageDesc(file_parley_v1_agent, 3);
 
 /**
  * A configured assistant: instructions, model and how turns are run.
@@ -186,6 +278,44 @@ export type Agent = Message<"parley.v1.Agent"> & {
    * @generated from field: string etag = 12;
    */
   etag: string;
+
+  /**
+   * Optional. What a second Ask on a busy session does. Unspecified: REJECT.
+   * A request may override it.
+   *
+   * @generated from field: parley.v1.ConcurrencyPolicy concurrency_policy = 13;
+   */
+  concurrencyPolicy: ConcurrencyPolicy;
+
+  /**
+   * Optional. How long an ENQUEUE Ask waits for the session, 0 to 10 minutes.
+   * Unset: 30 seconds.
+   *
+   * @generated from field: google.protobuf.Duration enqueue_timeout = 14;
+   */
+  enqueueTimeout?: Duration | undefined;
+
+  /**
+   * Optional. Knowledge bases searched on every turn, at most 16; each must
+   * exist in the tenant.
+   *
+   * @generated from field: repeated string knowledge_base_ids = 15;
+   */
+  knowledgeBaseIds: string[];
+
+  /**
+   * Optional. Retrieval settings for the knowledge bases.
+   *
+   * @generated from field: parley.v1.RetrievalConfig retrieval = 16;
+   */
+  retrieval?: RetrievalConfig | undefined;
+
+  /**
+   * Optional. Memory settings.
+   *
+   * @generated from field: parley.v1.MemoryConfig memory = 17;
+   */
+  memory?: MemoryConfig | undefined;
 };
 
 /**
@@ -193,7 +323,7 @@ export type Agent = Message<"parley.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 2);
+  messageDesc(file_parley_v1_agent, 4);
 
 /**
  * Request of AgentService.CreateAgent.
@@ -214,7 +344,7 @@ export type CreateAgentRequest = Message<"parley.v1.CreateAgentRequest"> & {
  * Use `create(CreateAgentRequestSchema)` to create a new message.
  */
 export const CreateAgentRequestSchema: GenMessage<CreateAgentRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 3);
+  messageDesc(file_parley_v1_agent, 5);
 
 /**
  * Response of AgentService.CreateAgent.
@@ -235,7 +365,7 @@ export type CreateAgentResponse = Message<"parley.v1.CreateAgentResponse"> & {
  * Use `create(CreateAgentResponseSchema)` to create a new message.
  */
 export const CreateAgentResponseSchema: GenMessage<CreateAgentResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 4);
+  messageDesc(file_parley_v1_agent, 6);
 
 /**
  * Request of AgentService.GetAgent.
@@ -256,7 +386,7 @@ export type GetAgentRequest = Message<"parley.v1.GetAgentRequest"> & {
  * Use `create(GetAgentRequestSchema)` to create a new message.
  */
 export const GetAgentRequestSchema: GenMessage<GetAgentRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 5);
+  messageDesc(file_parley_v1_agent, 7);
 
 /**
  * Response of AgentService.GetAgent.
@@ -277,7 +407,7 @@ export type GetAgentResponse = Message<"parley.v1.GetAgentResponse"> & {
  * Use `create(GetAgentResponseSchema)` to create a new message.
  */
 export const GetAgentResponseSchema: GenMessage<GetAgentResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 6);
+  messageDesc(file_parley_v1_agent, 8);
 
 /**
  * Request of AgentService.ListAgents.
@@ -307,7 +437,7 @@ export type ListAgentsRequest = Message<"parley.v1.ListAgentsRequest"> & {
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 7);
+  messageDesc(file_parley_v1_agent, 9);
 
 /**
  * Response of AgentService.ListAgents.
@@ -335,7 +465,7 @@ export type ListAgentsResponse = Message<"parley.v1.ListAgentsResponse"> & {
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 8);
+  messageDesc(file_parley_v1_agent, 10);
 
 /**
  * Request of AgentService.UpdateAgent.
@@ -353,7 +483,8 @@ export type UpdateAgentRequest = Message<"parley.v1.UpdateAgentRequest"> & {
 
   /**
    * Required. The fields to update: name, description, instructions, model,
-   * generation, prologue, context_policy, metadata (sub-paths such as
+   * generation, prologue, context_policy, metadata, concurrency_policy,
+   * enqueue_timeout, knowledge_base_ids, retrieval, memory (sub-paths such as
    * `generation.temperature` are accepted). `*` updates them all.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
@@ -366,7 +497,7 @@ export type UpdateAgentRequest = Message<"parley.v1.UpdateAgentRequest"> & {
  * Use `create(UpdateAgentRequestSchema)` to create a new message.
  */
 export const UpdateAgentRequestSchema: GenMessage<UpdateAgentRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 9);
+  messageDesc(file_parley_v1_agent, 11);
 
 /**
  * Response of AgentService.UpdateAgent.
@@ -387,7 +518,7 @@ export type UpdateAgentResponse = Message<"parley.v1.UpdateAgentResponse"> & {
  * Use `create(UpdateAgentResponseSchema)` to create a new message.
  */
 export const UpdateAgentResponseSchema: GenMessage<UpdateAgentResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 10);
+  messageDesc(file_parley_v1_agent, 12);
 
 /**
  * Request of AgentService.DeleteAgent.
@@ -423,7 +554,7 @@ export type DeleteAgentRequest = Message<"parley.v1.DeleteAgentRequest"> & {
  * Use `create(DeleteAgentRequestSchema)` to create a new message.
  */
 export const DeleteAgentRequestSchema: GenMessage<DeleteAgentRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 11);
+  messageDesc(file_parley_v1_agent, 13);
 
 /**
  * Response of AgentService.DeleteAgent.
@@ -438,7 +569,7 @@ export type DeleteAgentResponse = Message<"parley.v1.DeleteAgentResponse"> & {
  * Use `create(DeleteAgentResponseSchema)` to create a new message.
  */
 export const DeleteAgentResponseSchema: GenMessage<DeleteAgentResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_agent, 12);
+  messageDesc(file_parley_v1_agent, 14);
 
 /**
  * Manages agents: configured assistants that sessions talk to.

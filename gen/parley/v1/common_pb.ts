@@ -12,7 +12,181 @@ import type { JsonObject, Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file parley/v1/common.proto.
  */
 export const file_parley_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZwYXJsZXkvdjEvY29tbW9uLnByb3RvEglwYXJsZXkudjEiSgoFVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgDEhUKDW91dHB1dF90b2tlbnMYAiABKAMSFAoMdG90YWxfdG9rZW5zGAMgASgDIncKCEZlZWRiYWNrEikKBnJhdGluZxgBIAEoDjIZLnBhcmxleS52MS5GZWVkYmFja1JhdGluZxIPCgdjb21tZW50GAIgASgJEi8KC3VwZGF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKLAwoHTWVzc2FnZRIKCgJpZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIkCgRyb2xlGAQgASgOMhYucGFybGV5LnYxLk1lc3NhZ2VSb2xlEg8KB2NvbnRlbnQYBSABKAkSKAoGc3RhdHVzGAYgASgOMhgucGFybGV5LnYxLk1lc3NhZ2VTdGF0dXMSKQoIbWV0YWRhdGEYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eh8KBXVzYWdlGAggASgLMhAucGFybGV5LnYxLlVzYWdlEiUKCGZlZWRiYWNrGAkgASgLMhMucGFybGV5LnYxLkZlZWRiYWNrEg4KBmFza19pZBgKIAEoCRINCgVtb2RlbBgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKo4BCgtNZXNzYWdlUm9sZRIcChhNRVNTQUdFX1JPTEVfVU5TUEVDSUZJRUQQABIVChFNRVNTQUdFX1JPTEVfVVNFUhABEhoKFk1FU1NBR0VfUk9MRV9BU1NJU1RBTlQQAhIXChNNRVNTQUdFX1JPTEVfU1lTVEVNEAMSFQoRTUVTU0FHRV9ST0xFX1RPT0wQBCrDAQoNTWVzc2FnZVN0YXR1cxIeChpNRVNTQUdFX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF01FU1NBR0VfU1RBVFVTX0NPTVBMRVRFEAESHAoYTUVTU0FHRV9TVEFUVVNfU1RSRUFNSU5HEAISHAoYTUVTU0FHRV9TVEFUVVNfQ0FOQ0VMTEVEEAMSGQoVTUVTU0FHRV9TVEFUVVNfRkFJTEVEEAQSHgoaTUVTU0FHRV9TVEFUVVNfSU5URVJSVVBURUQQBSpxCg5GZWVkYmFja1JhdGluZxIfChtGRUVEQkFDS19SQVRJTkdfVU5TUEVDSUZJRUQQABIdChlGRUVEQkFDS19SQVRJTkdfVEhVTUJTX1VQEAESHwobRkVFREJBQ0tfUkFUSU5HX1RIVU1CU19ET1dOEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZwYXJsZXkvdjEvY29tbW9uLnByb3RvEglwYXJsZXkudjEi1AEKDlJlZmVyZW5jZUNodW5rEhAKCGNodW5rX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEwoLZG9jdW1lbnRfaWQYAyABKAkSFQoNZG9jdW1lbnRfbmFtZRgEIAEoCRIZChFrbm93bGVkZ2VfYmFzZV9pZBgFIAEoCRISCgpzaW1pbGFyaXR5GAYgASgBEhcKD3Rlcm1fc2ltaWxhcml0eRgHIAEoARIZChF2ZWN0b3Jfc2ltaWxhcml0eRgIIAEoARIQCghjaXRhdGlvbhgJIAEoBSJOChFEb2N1bWVudEFnZ3JlZ2F0ZRITCgtkb2N1bWVudF9pZBgBIAEoCRIVCg1kb2N1bWVudF9uYW1lGAIgASgJEg0KBWNvdW50GAMgASgFImcKClJlZmVyZW5jZXMSKQoGY2h1bmtzGAEgAygLMhkucGFybGV5LnYxLlJlZmVyZW5jZUNodW5rEi4KCGRvY19hZ2dzGAIgAygLMhwucGFybGV5LnYxLkRvY3VtZW50QWdncmVnYXRlIkIKClN0YXRlRGVsdGESJAoDc2V0GAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIOCgZyZW1vdmUYAiADKAkiSgoFVXNhZ2USFAoMaW5wdXRfdG9rZW5zGAEgASgDEhUKDW91dHB1dF90b2tlbnMYAiABKAMSFAoMdG90YWxfdG9rZW5zGAMgASgDIncKCEZlZWRiYWNrEikKBnJhdGluZxgBIAEoDjIZLnBhcmxleS52MS5GZWVkYmFja1JhdGluZxIPCgdjb21tZW50GAIgASgJEi8KC3VwZGF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK2AwoHTWVzc2FnZRIKCgJpZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIkCgRyb2xlGAQgASgOMhYucGFybGV5LnYxLk1lc3NhZ2VSb2xlEg8KB2NvbnRlbnQYBSABKAkSKAoGc3RhdHVzGAYgASgOMhgucGFybGV5LnYxLk1lc3NhZ2VTdGF0dXMSKQoIbWV0YWRhdGEYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eh8KBXVzYWdlGAggASgLMhAucGFybGV5LnYxLlVzYWdlEiUKCGZlZWRiYWNrGAkgASgLMhMucGFybGV5LnYxLkZlZWRiYWNrEg4KBmFza19pZBgKIAEoCRINCgVtb2RlbBgLIAEoCRIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKCnJlZmVyZW5jZXMYDiABKAsyFS5wYXJsZXkudjEuUmVmZXJlbmNlcyqOAQoLTWVzc2FnZVJvbGUSHAoYTUVTU0FHRV9ST0xFX1VOU1BFQ0lGSUVEEAASFQoRTUVTU0FHRV9ST0xFX1VTRVIQARIaChZNRVNTQUdFX1JPTEVfQVNTSVNUQU5UEAISFwoTTUVTU0FHRV9ST0xFX1NZU1RFTRADEhUKEU1FU1NBR0VfUk9MRV9UT09MEAQqwwEKDU1lc3NhZ2VTdGF0dXMSHgoaTUVTU0FHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdNRVNTQUdFX1NUQVRVU19DT01QTEVURRABEhwKGE1FU1NBR0VfU1RBVFVTX1NUUkVBTUlORxACEhwKGE1FU1NBR0VfU1RBVFVTX0NBTkNFTExFRBADEhkKFU1FU1NBR0VfU1RBVFVTX0ZBSUxFRBAEEh4KGk1FU1NBR0VfU1RBVFVTX0lOVEVSUlVQVEVEEAUqcQoORmVlZGJhY2tSYXRpbmcSHwobRkVFREJBQ0tfUkFUSU5HX1VOU1BFQ0lGSUVEEAASHQoZRkVFREJBQ0tfUkFUSU5HX1RIVU1CU19VUBABEh8KG0ZFRURCQUNLX1JBVElOR19USFVNQlNfRE9XThACKpgBChFDb25jdXJyZW5jeVBvbGljeRIiCh5DT05DVVJSRU5DWV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIdChlDT05DVVJSRU5DWV9QT0xJQ1lfUkVKRUNUEAESHgoaQ09OQ1VSUkVOQ1lfUE9MSUNZX0VOUVVFVUUQAhIgChxDT05DVVJSRU5DWV9QT0xJQ1lfSU5URVJSVVBUEANiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+
+/**
+ * A chunk of knowledge cited by an answer.
+ *
+ * @generated from message parley.v1.ReferenceChunk
+ */
+export type ReferenceChunk = Message$1<"parley.v1.ReferenceChunk"> & {
+  /**
+   * Output only. The chunk's id.
+   *
+   * @generated from field: string chunk_id = 1;
+   */
+  chunkId: string;
+
+  /**
+   * Output only. The chunk's text.
+   *
+   * @generated from field: string content = 2;
+   */
+  content: string;
+
+  /**
+   * Output only. The document the chunk belongs to.
+   *
+   * @generated from field: string document_id = 3;
+   */
+  documentId: string;
+
+  /**
+   * Output only. The document's name.
+   *
+   * @generated from field: string document_name = 4;
+   */
+  documentName: string;
+
+  /**
+   * Output only. The knowledge base of the document.
+   *
+   * @generated from field: string knowledge_base_id = 5;
+   */
+  knowledgeBaseId: string;
+
+  /**
+   * Output only. The fused relevance, 0 to 1 (never NaN).
+   *
+   * @generated from field: double similarity = 6;
+   */
+  similarity: number;
+
+  /**
+   * Output only. Full-text relevance, 0 to 1 (0 when the chunk was found by
+   * vector similarity only).
+   *
+   * @generated from field: double term_similarity = 7;
+   */
+  termSimilarity: number;
+
+  /**
+   * Output only. Vector (cosine) similarity, 0 to 1 (0 when no embedding
+   * model is configured or the vector index is unavailable).
+   *
+   * @generated from field: double vector_similarity = 8;
+   */
+  vectorSimilarity: number;
+
+  /**
+   * Output only. The citation number used in the answer, from 1 (`[1]`); 0
+   * in search results that are not part of an answer.
+   *
+   * @generated from field: int32 citation = 9;
+   */
+  citation: number;
+};
+
+/**
+ * Describes the message parley.v1.ReferenceChunk.
+ * Use `create(ReferenceChunkSchema)` to create a new message.
+ */
+export const ReferenceChunkSchema: GenMessage<ReferenceChunk> = /*@__PURE__*/
+  messageDesc(file_parley_v1_common, 0);
+
+/**
+ * How many of the cited chunks come from one document.
+ *
+ * @generated from message parley.v1.DocumentAggregate
+ */
+export type DocumentAggregate = Message$1<"parley.v1.DocumentAggregate"> & {
+  /**
+   * Output only. The document's id.
+   *
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * Output only. The document's name.
+   *
+   * @generated from field: string document_name = 2;
+   */
+  documentName: string;
+
+  /**
+   * Output only. Number of cited chunks from this document.
+   *
+   * @generated from field: int32 count = 3;
+   */
+  count: number;
+};
+
+/**
+ * Describes the message parley.v1.DocumentAggregate.
+ * Use `create(DocumentAggregateSchema)` to create a new message.
+ */
+export const DocumentAggregateSchema: GenMessage<DocumentAggregate> = /*@__PURE__*/
+  messageDesc(file_parley_v1_common, 1);
+
+/**
+ * The knowledge an answer is based on (RAGFlow's `reference`).
+ *
+ * @generated from message parley.v1.References
+ */
+export type References = Message$1<"parley.v1.References"> & {
+  /**
+   * Output only. The cited chunks, in citation order.
+   *
+   * @generated from field: repeated parley.v1.ReferenceChunk chunks = 1;
+   */
+  chunks: ReferenceChunk[];
+
+  /**
+   * Output only. Per-document counts of the chunks.
+   *
+   * @generated from field: repeated parley.v1.DocumentAggregate doc_aggs = 2;
+   */
+  docAggs: DocumentAggregate[];
+};
+
+/**
+ * Describes the message parley.v1.References.
+ * Use `create(ReferencesSchema)` to create a new message.
+ */
+export const ReferencesSchema: GenMessage<References> = /*@__PURE__*/
+  messageDesc(file_parley_v1_common, 2);
+
+/**
+ * A change to the state of a session and its scopes. Keys without a prefix
+ * are session keys; `user:` keys are shared by all sessions of the user,
+ * `app:` keys by all sessions of the agent, `temp:` keys live for one request
+ * and are never stored.
+ *
+ * @generated from message parley.v1.StateDelta
+ */
+export type StateDelta = Message$1<"parley.v1.StateDelta"> & {
+  /**
+   * Optional. Keys to set, with their JSON values.
+   *
+   * @generated from field: google.protobuf.Struct set = 1;
+   */
+  set?: JsonObject | undefined;
+
+  /**
+   * Optional. Keys to remove. A key both set and removed is InvalidArgument.
+   *
+   * @generated from field: repeated string remove = 2;
+   */
+  remove: string[];
+};
+
+/**
+ * Describes the message parley.v1.StateDelta.
+ * Use `create(StateDeltaSchema)` to create a new message.
+ */
+export const StateDeltaSchema: GenMessage<StateDelta> = /*@__PURE__*/
+  messageDesc(file_parley_v1_common, 3);
 
 /**
  * Token counts of one model call.
@@ -47,7 +221,7 @@ export type Usage = Message$1<"parley.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_parley_v1_common, 0);
+  messageDesc(file_parley_v1_common, 4);
 
 /**
  * Feedback of an end user on an assistant message.
@@ -82,7 +256,7 @@ export type Feedback = Message$1<"parley.v1.Feedback"> & {
  * Use `create(FeedbackSchema)` to create a new message.
  */
 export const FeedbackSchema: GenMessage<Feedback> = /*@__PURE__*/
-  messageDesc(file_parley_v1_common, 1);
+  messageDesc(file_parley_v1_common, 5);
 
 /**
  * One turn of a conversation.
@@ -186,6 +360,15 @@ export type Message = Message$1<"parley.v1.Message"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 13;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. The knowledge cited by the answer (assistant messages of
+   * Asks whose agent uses knowledge); the same records the References event
+   * carried.
+   *
+   * @generated from field: parley.v1.References references = 14;
+   */
+  references?: References | undefined;
 };
 
 /**
@@ -193,7 +376,7 @@ export type Message = Message$1<"parley.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_parley_v1_common, 2);
+  messageDesc(file_parley_v1_common, 6);
 
 /**
  * The author of a message.
@@ -335,4 +518,48 @@ export enum FeedbackRating {
  */
 export const FeedbackRatingSchema: GenEnum<FeedbackRating> = /*@__PURE__*/
   enumDesc(file_parley_v1_common, 2);
+
+/**
+ * What to do when an Ask arrives while another Ask of the same session runs.
+ *
+ * @generated from enum parley.v1.ConcurrencyPolicy
+ */
+export enum ConcurrencyPolicy {
+  /**
+   * Not set: the agent's policy, or REJECT when the agent has none.
+   *
+   * @generated from enum value: CONCURRENCY_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The new Ask fails with FAILED_PRECONDITION, ErrorInfo reason
+   * ASK_ALREADY_RUNNING and metadata `ask_id` (the running Ask).
+   *
+   * @generated from enum value: CONCURRENCY_POLICY_REJECT = 1;
+   */
+  REJECT = 1,
+
+  /**
+   * The new Ask waits in FIFO order until the session is free, up to the
+   * enqueue timeout; then DEADLINE_EXCEEDED.
+   *
+   * @generated from enum value: CONCURRENCY_POLICY_ENQUEUE = 2;
+   */
+  ENQUEUE = 2,
+
+  /**
+   * The running Ask is cancelled (its partial answer kept as CANCELLED, reason
+   * "interrupt"), then the new one runs.
+   *
+   * @generated from enum value: CONCURRENCY_POLICY_INTERRUPT = 3;
+   */
+  INTERRUPT = 3,
+}
+
+/**
+ * Describes the enum parley.v1.ConcurrencyPolicy.
+ */
+export const ConcurrencyPolicySchema: GenEnum<ConcurrencyPolicy> = /*@__PURE__*/
+  enumDesc(file_parley_v1_common, 3);
 

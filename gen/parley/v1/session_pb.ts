@@ -4,9 +4,9 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Message as Message$1, Usage } from "./common_pb.js";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { ConcurrencyPolicy, Message as Message$1, References, StateDelta, Usage } from "./common_pb.js";
 import { file_parley_v1_common } from "./common_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file parley/v1/session.proto.
  */
 export const file_parley_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("ChdwYXJsZXkvdjEvc2Vzc2lvbi5wcm90bxIJcGFybGV5LnYxIpMDCgdTZXNzaW9uEgoKAmlkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSDAoEbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoFc3RhdGUYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBnN0YXR1cxgHIAEoDjIYLnBhcmxleS52MS5TZXNzaW9uU3RhdHVzEhUKDW1lc3NhZ2VfY291bnQYCCABKAMSEAoIbGFzdF9zZXEYCSABKAMSNQoRbGFzdF9tZXNzYWdlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgNIAEoCSI7ChRDcmVhdGVTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIucGFybGV5LnYxLlNlc3Npb24iagoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi5wYXJsZXkudjEuU2Vzc2lvbhIsChBwcm9sb2d1ZV9tZXNzYWdlGAIgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnBhcmxleS52MS5TZXNzaW9uItgBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIoCgZzdGF0dXMYBCABKA4yGC5wYXJsZXkudjEuU2Vzc2lvblN0YXR1cxIrCghvcmRlcl9ieRgFIAEoDjIZLnBhcmxleS52MS5TZXNzaW9uT3JkZXJCeRISCgpkZXNjZW5kaW5nGAYgASgIEhEKCXBhZ2Vfc2l6ZRgHIAEoBRISCgpwYWdlX3Rva2VuGAggASgJIlUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIucGFybGV5LnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKFFVwZGF0ZVNlc3Npb25SZXF1ZXN0EiMKB3Nlc3Npb24YASABKAsyEi5wYXJsZXkudjEuU2Vzc2lvbhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siPAoVVXBkYXRlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi5wYXJsZXkudjEuU2Vzc2lvbiI5ChVBcmNoaXZlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRldGFnGAIgASgJIj0KFkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnBhcmxleS52MS5TZXNzaW9uIjsKF1VuYXJjaGl2ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEZXRhZxgCIAEoCSI/ChhVbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnBhcmxleS52MS5TZXNzaW9uIjgKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEZXRhZxgCIAEoCSIXChVEZWxldGVTZXNzaW9uUmVzcG9uc2UiTwoVRGVsZXRlU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEhAKCGFnZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkiSgoVRGVsZXRlU2Vzc2lvbnNGYWlsdXJlEhIKCnNlc3Npb25faWQYASABKAkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJImkKFkRlbGV0ZVNlc3Npb25zUmVzcG9uc2USGwoTZGVsZXRlZF9zZXNzaW9uX2lkcxgBIAMoCRIyCghmYWlsdXJlcxgCIAMoCzIgLnBhcmxleS52MS5EZWxldGVTZXNzaW9uc0ZhaWx1cmUidQoTR2VuZXJhdGlvbk92ZXJyaWRlcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEh4KEW1heF9vdXRwdXRfdG9rZW5zGAIgASgFSAGIAQFCDgoMX3RlbXBlcmF0dXJlQhQKEl9tYXhfb3V0cHV0X3Rva2VucyLBAQoKQXNrUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIxCglvdmVycmlkZXMYBCABKAsyHi5wYXJsZXkudjEuR2VuZXJhdGlvbk92ZXJyaWRlcxISCgVzdG9yZRgFIAEoCEgAiAEBEikKCG1ldGFkYXRhGAYgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEIICgZfc3RvcmUicwoKQXNrU3RhcnRlZBIOCgZhc2tfaWQYASABKAkSKAoMdXNlcl9tZXNzYWdlGAIgASgLMhIucGFybGV5LnYxLk1lc3NhZ2USHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAyABKAkSDQoFbW9kZWwYBCABKAkiGQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkiMwoMQXNrQ29tcGxldGVkEiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZSJZCglBc2tGYWlsZWQSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEi0KEWFzc2lzdGFudF9tZXNzYWdlGAMgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiQwoMQXNrQ2FuY2VsbGVkEiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZRIOCgZyZWFzb24YAiABKAkiNQoOQXNrSW50ZXJydXB0ZWQSIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlIt8CCghBc2tFdmVudBILCgNzZXEYASABKAMSDgoGYXNrX2lkGAIgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5wYXJsZXkudjEuQXNrU3RhcnRlZEgAEioKCnRleHRfZGVsdGEYCyABKAsyFC5wYXJsZXkudjEuVGV4dERlbHRhSAASIQoFdXNhZ2UYDCABKAsyEC5wYXJsZXkudjEuVXNhZ2VIABIsCgljb21wbGV0ZWQYDSABKAsyFy5wYXJsZXkudjEuQXNrQ29tcGxldGVkSAASJgoGZmFpbGVkGA4gASgLMhQucGFybGV5LnYxLkFza0ZhaWxlZEgAEiwKCWNhbmNlbGxlZBgPIAEoCzIXLnBhcmxleS52MS5Bc2tDYW5jZWxsZWRIABIwCgtpbnRlcnJ1cHRlZBgQIAEoCzIZLnBhcmxleS52MS5Bc2tJbnRlcnJ1cHRlZEgAQgcKBWV2ZW50IjEKC0Fza1Jlc3BvbnNlEiIKBWV2ZW50GAEgASgLMhMucGFybGV5LnYxLkFza0V2ZW50IiIKEENhbmNlbEFza1JlcXVlc3QSDgoGYXNrX2lkGAEgASgJIjAKEUNhbmNlbEFza1Jlc3BvbnNlEhsKA2FzaxgBIAEoCzIOLnBhcmxleS52MS5Bc2siHwoNR2V0QXNrUmVxdWVzdBIOCgZhc2tfaWQYASABKAkiLQoOR2V0QXNrUmVzcG9uc2USGwoDYXNrGAEgASgLMg4ucGFybGV5LnYxLkFzayLTAgoDQXNrEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSJAoGc3RhdHVzGAMgASgOMhQucGFybGV5LnYxLkFza1N0YXR1cxIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSEgoKcmVxdWVzdF9pZBgGIAEoCRINCgVtb2RlbBgHIAEoCRIfCgV1c2FnZRgIIAEoCzIQLnBhcmxleS52MS5Vc2FnZRISCgplcnJvcl9jb2RlGAkgASgJEhUKDWVycm9yX21lc3NhZ2UYCiABKAkSLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpnCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESGwoXU0VTU0lPTl9TVEFUVVNfQVJDSElWRUQQAiqRAQoOU2Vzc2lvbk9yZGVyQnkSIAocU0VTU0lPTl9PUkRFUl9CWV9VTlNQRUNJRklFRBAAEiAKHFNFU1NJT05fT1JERVJfQllfQ1JFQVRFX1RJTUUQARIgChxTRVNTSU9OX09SREVSX0JZX1VQREFURV9USU1FEAISGQoVU0VTU0lPTl9PUkRFUl9CWV9OQU1FEAMqpgEKCUFza1N0YXR1cxIaChZBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQVNLX1NUQVRVU19SVU5OSU5HEAESGAoUQVNLX1NUQVRVU19DT01QTEVURUQQAhIVChFBU0tfU1RBVFVTX0ZBSUxFRBADEhgKFEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAQSGgoWQVNLX1NUQVRVU19JTlRFUlJVUFRFRBAFMoEHCg5TZXNzaW9uU2VydmljZRJSCg1DcmVhdGVTZXNzaW9uEh8ucGFybGV5LnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAucGFybGV5LnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJOCgpHZXRTZXNzaW9uEhwucGFybGV5LnYxLkdldFNlc3Npb25SZXF1ZXN0Gh0ucGFybGV5LnYxLkdldFNlc3Npb25SZXNwb25zZSIDkAIBElQKDExpc3RTZXNzaW9ucxIeLnBhcmxleS52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8ucGFybGV5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIgOQAgESUgoNVXBkYXRlU2Vzc2lvbhIfLnBhcmxleS52MS5VcGRhdGVTZXNzaW9uUmVxdWVzdBogLnBhcmxleS52MS5VcGRhdGVTZXNzaW9uUmVzcG9uc2USVQoOQXJjaGl2ZVNlc3Npb24SIC5wYXJsZXkudjEuQXJjaGl2ZVNlc3Npb25SZXF1ZXN0GiEucGFybGV5LnYxLkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USWwoQVW5hcmNoaXZlU2Vzc2lvbhIiLnBhcmxleS52MS5VbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBojLnBhcmxleS52MS5VbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USUgoNRGVsZXRlU2Vzc2lvbhIfLnBhcmxleS52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBogLnBhcmxleS52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USVQoORGVsZXRlU2Vzc2lvbnMSIC5wYXJsZXkudjEuRGVsZXRlU2Vzc2lvbnNSZXF1ZXN0GiEucGFybGV5LnYxLkRlbGV0ZVNlc3Npb25zUmVzcG9uc2USNgoDQXNrEhUucGFybGV5LnYxLkFza1JlcXVlc3QaFi5wYXJsZXkudjEuQXNrUmVzcG9uc2UwARJGCglDYW5jZWxBc2sSGy5wYXJsZXkudjEuQ2FuY2VsQXNrUmVxdWVzdBocLnBhcmxleS52MS5DYW5jZWxBc2tSZXNwb25zZRJCCgZHZXRBc2sSGC5wYXJsZXkudjEuR2V0QXNrUmVxdWVzdBoZLnBhcmxleS52MS5HZXRBc2tSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_parley_v1_common]);
+  fileDesc("ChdwYXJsZXkvdjEvc2Vzc2lvbi5wcm90bxIJcGFybGV5LnYxIpMDCgdTZXNzaW9uEgoKAmlkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSDAoEbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoFc3RhdGUYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EigKBnN0YXR1cxgHIAEoDjIYLnBhcmxleS52MS5TZXNzaW9uU3RhdHVzEhUKDW1lc3NhZ2VfY291bnQYCCABKAMSEAoIbGFzdF9zZXEYCSABKAMSNQoRbGFzdF9tZXNzYWdlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgNIAEoCSI7ChRDcmVhdGVTZXNzaW9uUmVxdWVzdBIjCgdzZXNzaW9uGAEgASgLMhIucGFybGV5LnYxLlNlc3Npb24iagoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi5wYXJsZXkudjEuU2Vzc2lvbhIsChBwcm9sb2d1ZV9tZXNzYWdlGAIgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiJwoRR2V0U2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSI5ChJHZXRTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnBhcmxleS52MS5TZXNzaW9uItgBChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDAoEbmFtZRgDIAEoCRIoCgZzdGF0dXMYBCABKA4yGC5wYXJsZXkudjEuU2Vzc2lvblN0YXR1cxIrCghvcmRlcl9ieRgFIAEoDjIZLnBhcmxleS52MS5TZXNzaW9uT3JkZXJCeRISCgpkZXNjZW5kaW5nGAYgASgIEhEKCXBhZ2Vfc2l6ZRgHIAEoBRISCgpwYWdlX3Rva2VuGAggASgJIlUKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiQKCHNlc3Npb25zGAEgAygLMhIucGFybGV5LnYxLlNlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKFFVwZGF0ZVNlc3Npb25SZXF1ZXN0EiMKB3Nlc3Npb24YASABKAsyEi5wYXJsZXkudjEuU2Vzc2lvbhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siPAoVVXBkYXRlU2Vzc2lvblJlc3BvbnNlEiMKB3Nlc3Npb24YASABKAsyEi5wYXJsZXkudjEuU2Vzc2lvbiI5ChVBcmNoaXZlU2Vzc2lvblJlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCRIMCgRldGFnGAIgASgJIj0KFkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnBhcmxleS52MS5TZXNzaW9uIjsKF1VuYXJjaGl2ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEZXRhZxgCIAEoCSI/ChhVbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USIwoHc2Vzc2lvbhgBIAEoCzISLnBhcmxleS52MS5TZXNzaW9uIjgKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDAoEZXRhZxgCIAEoCSIXChVEZWxldGVTZXNzaW9uUmVzcG9uc2UiTwoVRGVsZXRlU2Vzc2lvbnNSZXF1ZXN0EhMKC3Nlc3Npb25faWRzGAEgAygJEhAKCGFnZW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkiSgoVRGVsZXRlU2Vzc2lvbnNGYWlsdXJlEhIKCnNlc3Npb25faWQYASABKAkSDAoEY29kZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJImkKFkRlbGV0ZVNlc3Npb25zUmVzcG9uc2USGwoTZGVsZXRlZF9zZXNzaW9uX2lkcxgBIAMoCRIyCghmYWlsdXJlcxgCIAMoCzIgLnBhcmxleS52MS5EZWxldGVTZXNzaW9uc0ZhaWx1cmUidQoTR2VuZXJhdGlvbk92ZXJyaWRlcxIYCgt0ZW1wZXJhdHVyZRgBIAEoAUgAiAEBEh4KEW1heF9vdXRwdXRfdG9rZW5zGAIgASgFSAGIAQFCDgoMX3RlbXBlcmF0dXJlQhQKEl9tYXhfb3V0cHV0X3Rva2VucyLvAgoKQXNrUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg8KB2NvbnRlbnQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIxCglvdmVycmlkZXMYBCABKAsyHi5wYXJsZXkudjEuR2VuZXJhdGlvbk92ZXJyaWRlcxISCgVzdG9yZRgFIAEoCEgAiAEBEikKCG1ldGFkYXRhGAYgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI4ChJjb25jdXJyZW5jeV9wb2xpY3kYByABKA4yHC5wYXJsZXkudjEuQ29uY3VycmVuY3lQb2xpY3kSMgoPZW5xdWV1ZV90aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhIKCmJhY2tncm91bmQYCSABKAgSKgoLc3RhdGVfZGVsdGEYCiABKAsyFS5wYXJsZXkudjEuU3RhdGVEZWx0YUIICgZfc3RvcmUicwoKQXNrU3RhcnRlZBIOCgZhc2tfaWQYASABKAkSKAoMdXNlcl9tZXNzYWdlGAIgASgLMhIucGFybGV5LnYxLk1lc3NhZ2USHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAyABKAkSDQoFbW9kZWwYBCABKAkiGQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkiMwoMQXNrQ29tcGxldGVkEiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZSJZCglBc2tGYWlsZWQSDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEi0KEWFzc2lzdGFudF9tZXNzYWdlGAMgASgLMhIucGFybGV5LnYxLk1lc3NhZ2UiQwoMQXNrQ2FuY2VsbGVkEiMKB21lc3NhZ2UYASABKAsyEi5wYXJsZXkudjEuTWVzc2FnZRIOCgZyZWFzb24YAiABKAkiNQoOQXNrSW50ZXJydXB0ZWQSIwoHbWVzc2FnZRgBIAEoCzISLnBhcmxleS52MS5NZXNzYWdlIjoKDUFza1JlZmVyZW5jZXMSKQoKcmVmZXJlbmNlcxgBIAEoCzIVLnBhcmxleS52MS5SZWZlcmVuY2VzIo8DCghBc2tFdmVudBILCgNzZXEYASABKAMSDgoGYXNrX2lkGAIgASgJEigKB3N0YXJ0ZWQYCiABKAsyFS5wYXJsZXkudjEuQXNrU3RhcnRlZEgAEioKCnRleHRfZGVsdGEYCyABKAsyFC5wYXJsZXkudjEuVGV4dERlbHRhSAASIQoFdXNhZ2UYDCABKAsyEC5wYXJsZXkudjEuVXNhZ2VIABIsCgljb21wbGV0ZWQYDSABKAsyFy5wYXJsZXkudjEuQXNrQ29tcGxldGVkSAASJgoGZmFpbGVkGA4gASgLMhQucGFybGV5LnYxLkFza0ZhaWxlZEgAEiwKCWNhbmNlbGxlZBgPIAEoCzIXLnBhcmxleS52MS5Bc2tDYW5jZWxsZWRIABIwCgtpbnRlcnJ1cHRlZBgQIAEoCzIZLnBhcmxleS52MS5Bc2tJbnRlcnJ1cHRlZEgAEi4KCnJlZmVyZW5jZXMYESABKAsyGC5wYXJsZXkudjEuQXNrUmVmZXJlbmNlc0gAQgcKBWV2ZW50IjEKC0Fza1Jlc3BvbnNlEiIKBWV2ZW50GAEgASgLMhMucGFybGV5LnYxLkFza0V2ZW50IjUKEFJlc3VtZUFza1JlcXVlc3QSDgoGYXNrX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoAyI3ChFSZXN1bWVBc2tSZXNwb25zZRIiCgVldmVudBgBIAEoCzITLnBhcmxleS52MS5Bc2tFdmVudCI8ChNXYXRjaFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgDIoEBChRXYXRjaFNlc3Npb25SZXNwb25zZRIlCgdtZXNzYWdlGAEgASgLMhIucGFybGV5LnYxLk1lc3NhZ2VIABIoCglhc2tfZXZlbnQYAiABKAsyEy5wYXJsZXkudjEuQXNrRXZlbnRIABIOCgZjdXJzb3IYAyABKANCCAoGdXBkYXRlIiIKEENhbmNlbEFza1JlcXVlc3QSDgoGYXNrX2lkGAEgASgJIjAKEUNhbmNlbEFza1Jlc3BvbnNlEhsKA2FzaxgBIAEoCzIOLnBhcmxleS52MS5Bc2siHwoNR2V0QXNrUmVxdWVzdBIOCgZhc2tfaWQYASABKAkiLQoOR2V0QXNrUmVzcG9uc2USGwoDYXNrGAEgASgLMg4ucGFybGV5LnYxLkFzayLTAgoDQXNrEgoKAmlkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSJAoGc3RhdHVzGAMgASgOMhQucGFybGV5LnYxLkFza1N0YXR1cxIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSEgoKcmVxdWVzdF9pZBgGIAEoCRINCgVtb2RlbBgHIAEoCRIfCgV1c2FnZRgIIAEoCzIQLnBhcmxleS52MS5Vc2FnZRISCgplcnJvcl9jb2RlGAkgASgJEhUKDWVycm9yX21lc3NhZ2UYCiABKAkSLwoLY3JlYXRlX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaF90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpnCg1TZXNzaW9uU3RhdHVzEh4KGlNFU1NJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVU0VTU0lPTl9TVEFUVVNfQUNUSVZFEAESGwoXU0VTU0lPTl9TVEFUVVNfQVJDSElWRUQQAiqRAQoOU2Vzc2lvbk9yZGVyQnkSIAocU0VTU0lPTl9PUkRFUl9CWV9VTlNQRUNJRklFRBAAEiAKHFNFU1NJT05fT1JERVJfQllfQ1JFQVRFX1RJTUUQARIgChxTRVNTSU9OX09SREVSX0JZX1VQREFURV9USU1FEAISGQoVU0VTU0lPTl9PUkRFUl9CWV9OQU1FEAMqpgEKCUFza1N0YXR1cxIaChZBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQVNLX1NUQVRVU19SVU5OSU5HEAESGAoUQVNLX1NUQVRVU19DT01QTEVURUQQAhIVChFBU0tfU1RBVFVTX0ZBSUxFRBADEhgKFEFTS19TVEFUVVNfQ0FOQ0VMTEVEEAQSGgoWQVNLX1NUQVRVU19JTlRFUlJVUFRFRBAFMqgICg5TZXNzaW9uU2VydmljZRJSCg1DcmVhdGVTZXNzaW9uEh8ucGFybGV5LnYxLkNyZWF0ZVNlc3Npb25SZXF1ZXN0GiAucGFybGV5LnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJOCgpHZXRTZXNzaW9uEhwucGFybGV5LnYxLkdldFNlc3Npb25SZXF1ZXN0Gh0ucGFybGV5LnYxLkdldFNlc3Npb25SZXNwb25zZSIDkAIBElQKDExpc3RTZXNzaW9ucxIeLnBhcmxleS52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0Gh8ucGFybGV5LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIgOQAgESUgoNVXBkYXRlU2Vzc2lvbhIfLnBhcmxleS52MS5VcGRhdGVTZXNzaW9uUmVxdWVzdBogLnBhcmxleS52MS5VcGRhdGVTZXNzaW9uUmVzcG9uc2USVQoOQXJjaGl2ZVNlc3Npb24SIC5wYXJsZXkudjEuQXJjaGl2ZVNlc3Npb25SZXF1ZXN0GiEucGFybGV5LnYxLkFyY2hpdmVTZXNzaW9uUmVzcG9uc2USWwoQVW5hcmNoaXZlU2Vzc2lvbhIiLnBhcmxleS52MS5VbmFyY2hpdmVTZXNzaW9uUmVxdWVzdBojLnBhcmxleS52MS5VbmFyY2hpdmVTZXNzaW9uUmVzcG9uc2USUgoNRGVsZXRlU2Vzc2lvbhIfLnBhcmxleS52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBogLnBhcmxleS52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USVQoORGVsZXRlU2Vzc2lvbnMSIC5wYXJsZXkudjEuRGVsZXRlU2Vzc2lvbnNSZXF1ZXN0GiEucGFybGV5LnYxLkRlbGV0ZVNlc3Npb25zUmVzcG9uc2USNgoDQXNrEhUucGFybGV5LnYxLkFza1JlcXVlc3QaFi5wYXJsZXkudjEuQXNrUmVzcG9uc2UwARJGCglDYW5jZWxBc2sSGy5wYXJsZXkudjEuQ2FuY2VsQXNrUmVxdWVzdBocLnBhcmxleS52MS5DYW5jZWxBc2tSZXNwb25zZRJCCgZHZXRBc2sSGC5wYXJsZXkudjEuR2V0QXNrUmVxdWVzdBoZLnBhcmxleS52MS5HZXRBc2tSZXNwb25zZSIDkAIBEk0KCVJlc3VtZUFzaxIbLnBhcmxleS52MS5SZXN1bWVBc2tSZXF1ZXN0GhwucGFybGV5LnYxLlJlc3VtZUFza1Jlc3BvbnNlIgOQAgEwARJWCgxXYXRjaFNlc3Npb24SHi5wYXJsZXkudjEuV2F0Y2hTZXNzaW9uUmVxdWVzdBofLnBhcmxleS52MS5XYXRjaFNlc3Npb25SZXNwb25zZSIDkAIBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_parley_v1_common]);
 
 /**
  * One conversation of one end user with one agent.
@@ -692,6 +692,36 @@ export type AskRequest = Message<"parley.v1.AskRequest"> & {
    * @generated from field: google.protobuf.Struct metadata = 6;
    */
   metadata?: JsonObject | undefined;
+
+  /**
+   * Optional. Overrides the agent's concurrency policy for this request.
+   *
+   * @generated from field: parley.v1.ConcurrencyPolicy concurrency_policy = 7;
+   */
+  concurrencyPolicy: ConcurrencyPolicy;
+
+  /**
+   * Optional. Overrides the agent's enqueue timeout, 0 to 10 minutes.
+   *
+   * @generated from field: google.protobuf.Duration enqueue_timeout = 8;
+   */
+  enqueueTimeout?: Duration | undefined;
+
+  /**
+   * Optional. Keep running when the client disconnects; reattach with
+   * ResumeAsk. Default false: a client disconnect cancels the Ask.
+   *
+   * @generated from field: bool background = 9;
+   */
+  background: boolean;
+
+  /**
+   * Optional. State changes applied in the same transaction as the user
+   * message; `temp:` keys are visible to this turn only.
+   *
+   * @generated from field: parley.v1.StateDelta state_delta = 10;
+   */
+  stateDelta?: StateDelta | undefined;
 };
 
 /**
@@ -874,6 +904,28 @@ export const AskInterruptedSchema: GenMessage<AskInterrupted> = /*@__PURE__*/
   messageDesc(file_parley_v1_session, 25);
 
 /**
+ * The knowledge found for the question, sent before the first TextDelta.
+ * The same records are stored with the assistant message.
+ *
+ * @generated from message parley.v1.AskReferences
+ */
+export type AskReferences = Message<"parley.v1.AskReferences"> & {
+  /**
+   * The references.
+   *
+   * @generated from field: parley.v1.References references = 1;
+   */
+  references?: References | undefined;
+};
+
+/**
+ * Describes the message parley.v1.AskReferences.
+ * Use `create(AskReferencesSchema)` to create a new message.
+ */
+export const AskReferencesSchema: GenMessage<AskReferences> = /*@__PURE__*/
+  messageDesc(file_parley_v1_session, 26);
+
+/**
  * One event of an Ask. The stream has exactly one Started first and exactly
  * one terminal event (completed, failed, cancelled or interrupted) last.
  *
@@ -955,6 +1007,14 @@ export type AskEvent = Message<"parley.v1.AskEvent"> & {
      */
     value: AskInterrupted;
     case: "interrupted";
+  } | {
+    /**
+     * The knowledge found, before the first text delta.
+     *
+     * @generated from field: parley.v1.AskReferences references = 17;
+     */
+    value: AskReferences;
+    case: "references";
   } | { case: undefined; value?: undefined };
 };
 
@@ -963,7 +1023,7 @@ export type AskEvent = Message<"parley.v1.AskEvent"> & {
  * Use `create(AskEventSchema)` to create a new message.
  */
 export const AskEventSchema: GenMessage<AskEvent> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 26);
+  messageDesc(file_parley_v1_session, 27);
 
 /**
  * Response of SessionService.Ask: one per event.
@@ -984,7 +1044,131 @@ export type AskResponse = Message<"parley.v1.AskResponse"> & {
  * Use `create(AskResponseSchema)` to create a new message.
  */
 export const AskResponseSchema: GenMessage<AskResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 27);
+  messageDesc(file_parley_v1_session, 28);
+
+/**
+ * Request of SessionService.ResumeAsk.
+ *
+ * @generated from message parley.v1.ResumeAskRequest
+ */
+export type ResumeAskRequest = Message<"parley.v1.ResumeAskRequest"> & {
+  /**
+   * Required. The Ask's id.
+   *
+   * @generated from field: string ask_id = 1;
+   */
+  askId: string;
+
+  /**
+   * Optional. The seq of the last event the client has; the stream starts
+   * after it. 0: from the first event.
+   *
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message parley.v1.ResumeAskRequest.
+ * Use `create(ResumeAskRequestSchema)` to create a new message.
+ */
+export const ResumeAskRequestSchema: GenMessage<ResumeAskRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_session, 29);
+
+/**
+ * Response of SessionService.ResumeAsk: one per event.
+ *
+ * @generated from message parley.v1.ResumeAskResponse
+ */
+export type ResumeAskResponse = Message<"parley.v1.ResumeAskResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from field: parley.v1.AskEvent event = 1;
+   */
+  event?: AskEvent | undefined;
+};
+
+/**
+ * Describes the message parley.v1.ResumeAskResponse.
+ * Use `create(ResumeAskResponseSchema)` to create a new message.
+ */
+export const ResumeAskResponseSchema: GenMessage<ResumeAskResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_session, 30);
+
+/**
+ * Request of SessionService.WatchSession.
+ *
+ * @generated from message parley.v1.WatchSessionRequest
+ */
+export type WatchSessionRequest = Message<"parley.v1.WatchSessionRequest"> & {
+  /**
+   * Required. The session.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * Optional. The cursor of the last update the client has (a message seq).
+   * 0: from the first message.
+   *
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message parley.v1.WatchSessionRequest.
+ * Use `create(WatchSessionRequestSchema)` to create a new message.
+ */
+export const WatchSessionRequestSchema: GenMessage<WatchSessionRequest> = /*@__PURE__*/
+  messageDesc(file_parley_v1_session, 31);
+
+/**
+ * Response of SessionService.WatchSession: one update of the session.
+ *
+ * @generated from message parley.v1.WatchSessionResponse
+ */
+export type WatchSessionResponse = Message<"parley.v1.WatchSessionResponse"> & {
+  /**
+   * The update.
+   *
+   * @generated from oneof parley.v1.WatchSessionResponse.update
+   */
+  update: {
+    /**
+     * A message in its final state (or as stored when the client caught up),
+     * in seq order.
+     *
+     * @generated from field: parley.v1.Message message = 1;
+     */
+    value: Message$1;
+    case: "message";
+  } | {
+    /**
+     * A live event of an Ask running on the session.
+     *
+     * @generated from field: parley.v1.AskEvent ask_event = 2;
+     */
+    value: AskEvent;
+    case: "askEvent";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The cursor to reconnect with: the seq of the last message delivered.
+   *
+   * @generated from field: int64 cursor = 3;
+   */
+  cursor: bigint;
+};
+
+/**
+ * Describes the message parley.v1.WatchSessionResponse.
+ * Use `create(WatchSessionResponseSchema)` to create a new message.
+ */
+export const WatchSessionResponseSchema: GenMessage<WatchSessionResponse> = /*@__PURE__*/
+  messageDesc(file_parley_v1_session, 32);
 
 /**
  * Request of SessionService.CancelAsk.
@@ -1005,7 +1189,7 @@ export type CancelAskRequest = Message<"parley.v1.CancelAskRequest"> & {
  * Use `create(CancelAskRequestSchema)` to create a new message.
  */
 export const CancelAskRequestSchema: GenMessage<CancelAskRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 28);
+  messageDesc(file_parley_v1_session, 33);
 
 /**
  * Response of SessionService.CancelAsk.
@@ -1027,7 +1211,7 @@ export type CancelAskResponse = Message<"parley.v1.CancelAskResponse"> & {
  * Use `create(CancelAskResponseSchema)` to create a new message.
  */
 export const CancelAskResponseSchema: GenMessage<CancelAskResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 29);
+  messageDesc(file_parley_v1_session, 34);
 
 /**
  * Request of SessionService.GetAsk.
@@ -1048,7 +1232,7 @@ export type GetAskRequest = Message<"parley.v1.GetAskRequest"> & {
  * Use `create(GetAskRequestSchema)` to create a new message.
  */
 export const GetAskRequestSchema: GenMessage<GetAskRequest> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 30);
+  messageDesc(file_parley_v1_session, 35);
 
 /**
  * Response of SessionService.GetAsk.
@@ -1069,7 +1253,7 @@ export type GetAskResponse = Message<"parley.v1.GetAskResponse"> & {
  * Use `create(GetAskResponseSchema)` to create a new message.
  */
 export const GetAskResponseSchema: GenMessage<GetAskResponse> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 31);
+  messageDesc(file_parley_v1_session, 36);
 
 /**
  * One run of the model for a session.
@@ -1167,7 +1351,7 @@ export type Ask = Message<"parley.v1.Ask"> & {
  * Use `create(AskSchema)` to create a new message.
  */
 export const AskSchema: GenMessage<Ask> = /*@__PURE__*/
-  messageDesc(file_parley_v1_session, 32);
+  messageDesc(file_parley_v1_session, 37);
 
 /**
  * Whether a session is in use.
@@ -1418,6 +1602,30 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof GetAskRequestSchema;
     output: typeof GetAskResponseSchema;
+  },
+  /**
+   * Replays an Ask's events after a seq, then follows it live, on any
+   * replica; also after it finished, within the retention window (default
+   * 24 h; older is NOT_FOUND for the events, the Ask itself stays readable).
+   *
+   * @generated from rpc parley.v1.SessionService.ResumeAsk
+   */
+  resumeAsk: {
+    methodKind: "server_streaming";
+    input: typeof ResumeAskRequestSchema;
+    output: typeof ResumeAskResponseSchema;
+  },
+  /**
+   * Streams a session: the stored messages after a cursor, then live events
+   * of its Asks and the messages they create. Reconnecting with the last
+   * cursor delivers every message exactly once.
+   *
+   * @generated from rpc parley.v1.SessionService.WatchSession
+   */
+  watchSession: {
+    methodKind: "server_streaming";
+    input: typeof WatchSessionRequestSchema;
+    output: typeof WatchSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_parley_v1_session, 0);
