@@ -36,12 +36,14 @@ export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHa
     return handle(db, "postgres");
   }
   const { PGlite } = await import("@electric-sql/pglite");
+  // pgvector ships inside PGlite; loading it lets the knowledge migration create the vector table.
+  const { vector } = await import("@electric-sql/pglite/vector");
   let dataDir: string | undefined;
   if (!url) {
     mkdirSync(options.dataDir, { recursive: true });
     dataDir = join(options.dataDir, "pgdata");
   }
-  const pglite = await PGlite.create(dataDir ? { dataDir } : {});
+  const pglite = await PGlite.create({ ...(dataDir ? { dataDir } : {}), extensions: { vector } });
   const db = new Kysely<Database>({ dialect: new PGliteDialect({ pglite }) });
   return handle(db, "pglite");
 }

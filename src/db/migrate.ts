@@ -1,12 +1,14 @@
 import type { Kysely } from "kysely";
 import { Migrator, type Migration, type MigrationResultSet } from "kysely/migration";
 import * as initial from "./migrations/2026_11_21_000000_initial.js";
+import * as knowledge from "./migrations/2026_11_21_203000_knowledge.js";
 import type { Database } from "./schema.js";
 
 // Listed explicitly (not read from the directory) so that the compiled package,
 // bundlers and tests all see the same migrations in the same order.
 const migrations: Record<string, Migration> = {
   "2026_11_21_000000_initial": initial,
+  "2026_11_21_203000_knowledge": knowledge,
 };
 
 /** Brings the schema to the latest migration; throws with the failing migration's error. */

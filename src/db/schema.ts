@@ -46,6 +46,14 @@ export interface ContextPolicyJson {
   max_input_tokens?: number;
 }
 
+/** An agent's retrieval settings; absent keys take the defaults. */
+export interface RetrievalJson {
+  top_k?: number;
+  similarity_threshold?: number;
+  max_context_tokens?: number;
+  cite?: boolean;
+}
+
 export interface AgentTable {
   id: string;
   tenant_id: string;
@@ -57,6 +65,9 @@ export interface AgentTable {
   prologue: Generated<string>;
   context_policy: Json<ContextPolicyJson>;
   metadata: Json;
+  /** Knowledge bases searched on every turn. */
+  knowledge_base_ids: ColumnType<string[], string[] | string | undefined, string[] | string>;
+  retrieval: ColumnType<RetrievalJson, RetrievalJson | string | undefined, RetrievalJson | string>;
   version: Generated<number>;
   create_time: CreatedTime;
   update_time: Time;
@@ -99,6 +110,25 @@ export interface FeedbackJson {
   update_time: string;
 }
 
+/** One cited chunk as stored with a message. */
+export interface ReferenceChunkJson {
+  chunk_id: string;
+  content: string;
+  document_id: string;
+  document_name: string;
+  knowledge_base_id: string;
+  similarity: number;
+  term_similarity: number;
+  vector_similarity: number;
+  citation: number;
+}
+
+/** The references of an answer (RAGFlow's reference.chunks / doc_aggs). */
+export interface ReferencesJson {
+  chunks: ReferenceChunkJson[];
+  doc_aggs: { document_id: string; document_name: string; count: number }[];
+}
+
 export interface MessageTable {
   id: string;
   tenant_id: string;
@@ -110,6 +140,8 @@ export interface MessageTable {
   metadata: Json;
   usage: ColumnType<UsageJson | null, UsageJson | string | null | undefined, UsageJson | string | null>;
   feedback: ColumnType<FeedbackJson | null, FeedbackJson | string | null | undefined, FeedbackJson | string | null>;
+  /** The knowledge an assistant answer cites, as the References event carried it. */
+  references: ColumnType<ReferencesJson | null, ReferencesJson | string | null | undefined, ReferencesJson | string | null>;
   ask_id: string | null;
   model: Generated<string>;
   create_time: CreatedTime;
@@ -149,6 +181,59 @@ export interface AskTable {
   finish_time: NullableTime;
 }
 
+export interface KnowledgeBaseTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  description: Generated<string>;
+  chunk_size: number;
+  chunk_overlap: number;
+  metadata: Json;
+  create_time: CreatedTime;
+  update_time: Time;
+}
+
+export type DocumentStatusText = "processing" | "ready" | "failed";
+
+export interface DocumentTable {
+  id: string;
+  tenant_id: string;
+  knowledge_base_id: string;
+  name: string;
+  mime_type: string;
+  status: DocumentStatusText;
+  error: Generated<string>;
+  progress: Generated<number>;
+  size_bytes: ColumnType<string, number | string, number | string>;
+  chunk_count: Generated<number>;
+  metadata: Json;
+  ingest_owner: string | null;
+  heartbeat_time: NullableTime;
+  create_time: CreatedTime;
+  update_time: Time;
+}
+
+export interface ChunkTable {
+  id: string;
+  tenant_id: string;
+  knowledge_base_id: string;
+  document_id: string;
+  ordinal: number;
+  content: string;
+  token_count: number;
+  tsv: ColumnType<string, never, never>;
+}
+
+/** Exists only where pgvector is available (see the knowledge migration). */
+export interface ChunkEmbeddingTable {
+  chunk_id: string;
+  tenant_id: string;
+  knowledge_base_id: string;
+  model: string;
+  /** pgvector's text form, "[0.1,0.2,…]". */
+  embedding: string;
+}
+
 export interface Database {
   tenants: TenantTable;
   server_settings: ServerSettingTable;
@@ -158,6 +243,10 @@ export interface Database {
   messages: MessageTable;
   append_requests: AppendRequestTable;
   asks: AskTable;
+  knowledge_bases: KnowledgeBaseTable;
+  documents: DocumentTable;
+  chunks: ChunkTable;
+  chunk_embeddings: ChunkEmbeddingTable;
 }
 
 export type TenantRow = Selectable<TenantTable>;
@@ -174,3 +263,6 @@ export type MessageUpdate = Updateable<MessageTable>;
 export type AskRow = Selectable<AskTable>;
 export type NewAskRow = Insertable<AskTable>;
 export type AskUpdate = Updateable<AskTable>;
+export type KnowledgeBaseRow = Selectable<KnowledgeBaseTable>;
+export type DocumentRow = Selectable<DocumentTable>;
+export type ChunkRow = Selectable<ChunkTable>;
