@@ -9,6 +9,8 @@ import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
 import { createModelRegistry, type ModelRegistry } from "./ask/models/registry.js";
 import { bootstrapIfEmpty, type BootstrapResult } from "./auth/bootstrap.js";
 import { createAuthInterceptor } from "./auth/interceptor.js";
+import { eventSize } from "./ask/convert.js";
+import { createBus, type Bus } from "./bus/bus.js";
 import type { Config } from "./config.js";
 import { openDatabase, type DatabaseHandle } from "./db/database.js";
 import { migrateToLatest } from "./db/migrate.js";
@@ -72,8 +74,10 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     const replicaId = randomUUID();
     const models = options.models ?? createModelRegistry(config);
     const deps: ServiceDeps = { db, log, config, pageTokens };
-    const health = createHealthMonitor(database, log);
-    const asks = createAskRuntime({ ...deps, models, replicaId });
+    // Redis (when configured) may be down at start: the bus connects in the background.
+    const bus: Bus = createBus(config, log, { sizeOf: eventSize });
+    const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
+    const asks = createAskRuntime({ ...deps, models, replicaId, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels });
     const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
     let closing: Promise<void> | undefined;
     return {
@@ -96,6 +100,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
         closing ??= (async () => {
           health.stop();
           await asks.drain(graceMs);
+          await bus.close();
           if (!options.database) await database.close();
         })();
         return closing;

@@ -43,6 +43,14 @@ export interface Config {
   readonly askEventRetentionMs: number;
   /** Upper bound of the memory the in-process event log keeps for finished Asks, in bytes. */
   readonly askEventLogMaxBytes: number;
+  /** redis://… or rediss://…: the shared Ask event log, cross-replica cancel; undefined: everything in-process. */
+  readonly redisUrl: string | undefined;
+  /** Prefix of every Redis key and channel, so that deployments (and tests) can share one Redis. */
+  readonly redisPrefix: string;
+  /** Upper bound of the entries the Redis log keeps per Ask (approximate, MAXLEN ~). */
+  readonly askEventLogMaxLen: number;
+  /** Text deltas produced within this window go to the event log as one delta (0: every delta as it comes). */
+  readonly askDeltaCoalesceMs: number;
   /** Secret that signs page tokens; undefined: generated once and stored in the database. */
   readonly tokenSecret: string | undefined;
   readonly logLevel: string;
@@ -106,6 +114,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (databaseUrl && !/^(postgres(ql)?|memory):\/\//.test(databaseUrl)) {
     throw new ConfigError(`DATABASE_URL must start with postgres://, postgresql:// or memory://`);
   }
+  const redisUrl = env.REDIS_URL || undefined;
+  if (redisUrl && !/^rediss?:\/\//.test(redisUrl)) {
+    throw new ConfigError(`REDIS_URL must start with redis:// or rediss://`);
+  }
   const config: Config = {
     host: env.PARLEY_HOST || env.HOST || "0.0.0.0",
     port: int(env, "PORT", 8080),
@@ -123,6 +135,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     askLeaseMs: int(env, "PARLEY_ASK_LEASE_MS", 10_000, 100),
     askEventRetentionMs: int(env, "PARLEY_ASK_EVENT_RETENTION_MS", 24 * 60 * 60 * 1000),
     askEventLogMaxBytes: int(env, "PARLEY_ASK_EVENT_LOG_MAX_BYTES", 64 * 1024 * 1024),
+    redisUrl: env.REDIS_URL || undefined,
+    redisPrefix: env.PARLEY_REDIS_PREFIX ?? "parley:",
+    askEventLogMaxLen: int(env, "PARLEY_ASK_EVENT_LOG_MAX_LEN", 100_000, 1),
+    askDeltaCoalesceMs: int(env, "PARLEY_ASK_COALESCE_MS", 25),
     tokenSecret: env.PARLEY_TOKEN_SECRET || undefined,
     logLevel: env.PARLEY_LOG_LEVEL || "info",
     ...overrides,

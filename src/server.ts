@@ -119,8 +119,10 @@ export async function startServer(app: App, options: ServerOptions = {}): Promis
       }
       void app.health.ready().then((s) => {
         const ready = s.serving && !closing;
+        // Without Redis the replica still serves (degraded): it stays in the load balancer.
+        const degraded = ready && s.redis?.reachable === false;
         sendJson(req.method, res, ready ? 200 : 503, {
-          status: ready ? "ready" : "unavailable",
+          status: ready ? (degraded ? "degraded" : "ready") : "unavailable",
           shuttingDown: closing || s.stopping,
           database: {
             kind: app.database.kind,
@@ -129,6 +131,7 @@ export async function startServer(app: App, options: ServerOptions = {}): Promis
             latencyMs: s.latencyMs ?? null,
             error: s.error ?? null,
           },
+          ...(s.redis ? { redis: { reachable: s.redis.reachable, error: s.redis.error ?? null } } : {}),
         });
       });
       return;

@@ -5,7 +5,7 @@ import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
 import type { EventLog } from "../bus/event-log.js";
 import type { Database, UsageJson } from "../db/schema.js";
 import type { Logger } from "../log.js";
-import { finishAsk, flushContent, renewLease, type AskOutcome, type AskTarget } from "../repos/asks.js";
+import { finishAsk, flushContent, renewLeaseAndCheckCancel, type AskOutcome, type AskTarget } from "../repos/asks.js";
 import { lastMessages } from "../repos/messages.js";
 import { messageToProto, usageToProto } from "../services/converters.js";
 import { buildContext, CONTEXT_DEFAULTS, type HistoryMessage, type TokenCounter } from "./context.js";
@@ -26,6 +26,8 @@ export interface RunDeps {
   readonly flushIntervalMs: number;
   readonly leaseMs: number;
   readonly replicaId: string;
+  /** Text deltas within this window go to the log as one (0: each as it comes). */
+  readonly coalesceMs?: number;
 }
 
 /** One Ask to run, as stored by the runtime. */
@@ -75,10 +77,39 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
   let abortReason: AbortReason | undefined;
   let finished = false;
 
+  // Appends go out one after the other in seq order, whoever triggers them.
   let seq = 0;
-  const emit = (event: AskEventInit) => {
+  let tail: Promise<void> = Promise.resolve();
+  const append = (event: AskEventInit): Promise<void> => {
     const n = ++seq;
-    return events.append(askId, n, askEvent(askId, n, event));
+    const p = tail.then(() => events.append(askId, n, askEvent(askId, n, event)));
+    tail = p.catch(() => {});
+    return p;
+  };
+  // Deltas are coalesced for the log: fewer, larger entries; the text is the same
+  // and the seqs stay gap-free because a seq is taken only when a delta is logged.
+  let pendingText = "";
+  let coalesceTimer: NodeJS.Timeout | undefined;
+  const flushText = (): Promise<void> => {
+    clearTimeout(coalesceTimer);
+    coalesceTimer = undefined;
+    if (pendingText === "") return Promise.resolve();
+    const text = pendingText;
+    pendingText = "";
+    return append({ case: "textDelta", value: { text } });
+  };
+  const emitText = (text: string): Promise<void> => {
+    const window = deps.coalesceMs ?? 0;
+    if (window <= 0) return append({ case: "textDelta", value: { text } });
+    pendingText += text;
+    coalesceTimer ??= setTimeout(() => {
+      flushText().catch((err: unknown) => log.warn({ err, askId }, "logging a text delta failed"));
+    }, window);
+    return Promise.resolve();
+  };
+  const emit = async (event: AskEventInit): Promise<void> => {
+    await flushText();
+    await append(event);
   };
 
   await emit({
@@ -132,9 +163,16 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
 
     const leaseTimer = setInterval(
       () => {
-        renewLease(db, tenantId, spec.sessionId, askId, deps.replicaId, deps.leaseMs).then(
-          (ok) => {
-            if (ok || finished || abortReason) return;
+        renewLeaseAndCheckCancel(db, tenantId, spec.sessionId, askId, deps.replicaId, deps.leaseMs).then(
+          ({ held, cancelRequested }) => {
+            if (finished || abortReason) return;
+            // A CancelAsk served by another replica whose pub/sub message did not arrive.
+            if (held && cancelRequested) {
+              abortReason = "cancel_ask";
+              abort.abort("cancel_ask");
+              return;
+            }
+            if (held) return;
             log.warn({ askId }, "lost the claim on the session; stopping the Ask");
             abortReason = "lease_lost";
             abort.abort("lease_lost");
@@ -167,7 +205,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
           if (part.type === "text-delta") {
             if (part.text === "") continue;
             content += part.text;
-            await emit({ case: "textDelta", value: { text: part.text } });
+            await emitText(part.text);
           } else if (part.type === "finish") {
             sawFinish = true;
             usage = usageOf(part.totalUsage);

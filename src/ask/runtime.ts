@@ -11,9 +11,10 @@ import {
 import type { ServiceDeps } from "../app.js";
 import { callerOf } from "../auth/caller.js";
 import { createMemoryEventLog } from "../bus/memory.js";
-import type { EventLog } from "../bus/event-log.js";
+import { createMemoryCancelBus, type CancelBus } from "../bus/cancel.js";
+import { EventLogUnavailableError, type EventLog } from "../bus/event-log.js";
 import type { AskRow, JsonObject } from "../db/schema.js";
-import { failedPrecondition, invalidArgument, notFound, unavailable } from "../errors.js";
+import { failedPrecondition, invalidArgument, notFound, ParleyError, unavailable } from "../errors.js";
 import { newId, requireId } from "../ids.js";
 import {
   claimSession,
@@ -25,6 +26,7 @@ import {
   interruptAsk,
   interruptIfAbandoned,
   messagesByIds,
+  requestCancel,
 } from "../repos/asks.js";
 import { appendMessages } from "../repos/messages.js";
 import { structIn } from "../services/convert.js";
@@ -34,6 +36,7 @@ import { createTokenCounter } from "./context.js";
 import { askEvent, askToProto, eventSize, unstoredMessage, type AskEventInit } from "./convert.js";
 import type { ModelRegistry } from "./models/registry.js";
 import { startRun, type AskRun, type RunDeps, type RunSpec } from "./run.js";
+import { logInterrupted, startSweeper } from "./sweeper.js";
 
 export interface AskRuntimeDeps extends ServiceDeps {
   readonly models: ModelRegistry;
@@ -41,6 +44,10 @@ export interface AskRuntimeDeps extends ServiceDeps {
   readonly replicaId: string;
   /** Where Ask events are logged for followers and replays; default: an in-process log bounded by config. */
   readonly events?: EventLog<AskEvent>;
+  /** The log other replicas read (Redis), where the sweeper ends the Asks of dead replicas; default: events. */
+  readonly sharedEvents?: EventLog<AskEvent>;
+  /** Carries CancelAsk to the replica that runs the Ask; default: this process only. */
+  readonly cancels?: CancelBus;
 }
 
 /** Runs Asks: the three SessionService handlers and the shutdown drain. */
@@ -66,6 +73,8 @@ export interface ValidAsk {
   readonly metadata: JsonObject;
   /** Fingerprint of what the request asks for: a reused request_id must come with the same one. */
   readonly hash: string;
+  /** Keep running when the client that started it disconnects. */
+  readonly background: boolean;
 }
 
 const MAX_OUTPUT_TOKENS = 1_000_000;
@@ -97,6 +106,7 @@ export function validateAsk(req: AskRequest): ValidAsk {
     store,
     metadata,
     hash,
+    background: req.background,
   };
 }
 
@@ -106,10 +116,14 @@ function sessionArchived(sessionId: string) {
   });
 }
 
-function askOnOtherReplica(askId: string) {
-  return unavailable(
-    `ask "${askId}" is running on another replica; following or cancelling it from here needs the shared event log (REDIS_URL)`,
-    "ASK_ON_OTHER_REPLICA",
+function askOnOtherReplica(askId: string, redisDown: boolean) {
+  return new ParleyError(
+    "unavailable",
+    redisDown
+      ? `ask "${askId}" is running on another replica and the shared event log (Redis) is unreachable; retry, or resume on the replica that runs it`
+      : `ask "${askId}" is running on another replica whose events are not in the shared event log (it started without REDIS_URL or while Redis was unreachable); retry on the replica that runs it`,
+    redisDown ? "EVENT_LOG_UNAVAILABLE" : "ASK_ON_OTHER_REPLICA",
+    { ask_id: askId },
   );
 }
 
@@ -132,6 +146,8 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
       maxRetainedBytes: config.askEventLogMaxBytes,
       sizeOf: eventSize,
     });
+  const shared = deps.sharedEvents ?? events;
+  const cancels = deps.cancels ?? createMemoryCancelBus();
   const runDeps: RunDeps = {
     db,
     log,
@@ -140,9 +156,19 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     flushIntervalMs: config.flushIntervalMs,
     leaseMs: config.askLeaseMs,
     replicaId,
+    coalesceMs: config.askDeltaCoalesceMs,
   };
   /** Asks running in this process. */
   const runs = new Map<string, AskRun>();
+  // A CancelAsk served by any replica reaches the one that runs the Ask here.
+  const unsubscribeCancels = cancels.subscribe((askId) => runs.get(askId)?.cancel("cancel_ask"));
+  const sweeper = startSweeper({
+    db,
+    log,
+    events: shared,
+    intervalMs: Math.min(Math.max(Math.floor(config.askLeaseMs / 4), 250), 5_000),
+    isLocal: (askId) => runs.has(askId) || starting.has(askId),
+  });
   /** Asks whose rows are committed (or being committed) but whose run is not registered yet. */
   const starting = new Map<string, Promise<void>>();
   let draining = false;
@@ -165,6 +191,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     const assistantMessageId = v.store ? newId() : null;
     let ready!: () => void;
     starting.set(askId, new Promise<void>((resolve) => (ready = resolve)));
+    let tookOver: string | undefined;
     try {
       let stored;
       try {
@@ -181,7 +208,10 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
             );
           }
           // The previous holder's lease expired: its replica is gone.
-          if (claim.previousAskId) await interruptAsk(tx, tenantId, claim.previousAskId);
+          if (claim.previousAskId) {
+            await interruptAsk(tx, tenantId, claim.previousAskId);
+            tookOver = claim.previousAskId;
+          }
           const ask = await insertAsk(tx, {
             id: askId,
             tenant_id: tenantId,
@@ -212,6 +242,8 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
         }
         throw err;
       }
+
+      if (tookOver) void logInterrupted(db, shared, log, tenantId, tookOver);
 
       const spec: RunSpec = {
         tenantId,
@@ -265,6 +297,29 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     }
   }
 
+  /**
+   * Stops an Ask another replica runs: the request is stored (its lease renewal
+   * notices it) and published (its pub/sub subscriber acts at once); then waits
+   * until the Ask has finished, or until its lease would have shown the request
+   * twice over, or the caller leaves.
+   */
+  async function cancelElsewhere(tenantId: string, askId: string, signal: AbortSignal): Promise<void> {
+    if (!(await requestCancel(db, tenantId, askId))) return;
+    await cancels.publish(askId);
+    // A live replica stops within one renewal (leaseMs / 3) even without pub/sub; a dead one's
+    // lease runs out within leaseMs, and then the Ask is finished here.
+    const deadline = Date.now() + config.askLeaseMs + 1_000;
+    for (let wait = 10; Date.now() < deadline && !signal.aborted; wait = Math.min(wait * 2, 200)) {
+      await new Promise((r) => setTimeout(r, wait));
+      const row = await getAsk(db, tenantId, askId);
+      if (!row || row.status !== "running") return;
+      if (await interruptIfAbandoned(db, tenantId, row)) {
+        void logInterrupted(db, shared, log, tenantId, askId);
+        return;
+      }
+    }
+  }
+
   function attach(prior: AskRow, v: ValidAsk): { askId: string; owned: boolean } {
     if (prior.request_hash !== v.hash) {
       throw invalidArgument("request_id", "was already used in this session for a different request", "REQUEST_ID_REUSED");
@@ -275,16 +330,30 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   /** The events of an Ask after afterSeq: from the log (replay, then live), or rebuilt from storage once the log has let it go. */
   async function* follow(tenantId: string, askId: string, afterSeq: number, signal: AbortSignal): AsyncGenerator<AskEvent> {
     await starting.get(askId);
-    const logged = await events.read(askId, afterSeq, signal);
+    let logged: AsyncIterable<{ seq: number; event: AskEvent }> | undefined;
+    let logDown = false;
+    try {
+      logged = await events.read(askId, afterSeq, signal);
+    } catch (err) {
+      if (!(err instanceof EventLogUnavailableError)) throw err;
+      logDown = true;
+    }
     if (logged) {
-      for await (const e of logged) yield e.event;
+      try {
+        for await (const e of logged) yield e.event;
+      } catch (err) {
+        // Redis went away mid-follow: the client resumes from its last seq (elsewhere, or later).
+        if (err instanceof EventLogUnavailableError) throw askOnOtherReplica(askId, true);
+        throw err;
+      }
       return;
     }
     let row = await getAsk(db, tenantId, askId);
     if (!row) throw notFound("ask", askId);
     if (row.status === "running") {
-      if (!(await interruptIfAbandoned(db, tenantId, row))) throw askOnOtherReplica(askId);
+      if (!(await interruptIfAbandoned(db, tenantId, row))) throw askOnOtherReplica(askId, logDown);
       row = (await getAsk(db, tenantId, askId)) ?? row;
+      void logInterrupted(db, shared, log, tenantId, askId);
     }
     for (const e of await reconstruct(tenantId, row)) {
       if (e.seq > afterSeq) yield e;
@@ -349,7 +418,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     // keep the partial answer. Watched on the signal itself because a stream
     // whose reader left may never be resumed to notice.
     const onAbort = () => {
-      if (owned && !ended) runs.get(askId)?.cancel("client");
+      if (owned && !ended && !v.background) runs.get(askId)?.cancel("client");
     };
     ctx.signal.addEventListener("abort", onAbort, { once: true });
     try {
@@ -394,8 +463,10 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
           if (run && run.spec.tenantId === tenantId) {
             run.cancel("cancel_ask");
             await run.done;
-          } else if (!(await interruptIfAbandoned(db, tenantId, row))) {
-            throw askOnOtherReplica(askId);
+          } else if (await interruptIfAbandoned(db, tenantId, row)) {
+            void logInterrupted(db, shared, log, tenantId, askId);
+          } else {
+            await cancelElsewhere(tenantId, askId, ctx.signal);
           }
           row = (await getAsk(db, tenantId, askId)) ?? row;
         }
@@ -412,6 +483,8 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     running: () => runs.size,
     async drain(graceMs) {
       draining = true;
+      sweeper.stop();
+      unsubscribeCancels();
       const allDone = () => Promise.all([...runs.values()].map((r) => r.done));
       if (graceMs > 0 && (runs.size > 0 || starting.size > 0)) {
         let timer: NodeJS.Timeout | undefined;

@@ -1,3 +1,16 @@
+/**
+ * The log cannot be reached (Redis down): the caller reports UNAVAILABLE rather
+ * than treating the stream as unknown.
+ */
+export class EventLogUnavailableError extends Error {
+  override name = "EventLogUnavailableError";
+}
+
+/** An append out of sequence or after the stream's end (someone else wrote to it). */
+export class EventLogSequenceError extends Error {
+  override name = "EventLogSequenceError";
+}
+
 /** One event of a stream with its position: 1, 2, 3… without gaps. */
 export interface LoggedEvent<E> {
   readonly seq: number;
@@ -26,6 +39,12 @@ export interface EventLog<E> {
    * from storage.
    */
   read(streamId: string, afterSeq: number, signal?: AbortSignal): Promise<AsyncIterable<LoggedEvent<E>> | undefined>;
+  /**
+   * Where a stream stands: its last seq and whether it has ended; undefined when
+   * the log does not hold it. Lets someone other than the producer (the sweeper
+   * of an abandoned Ask) append the terminal event.
+   */
+  last(streamId: string): Promise<{ seq: number; ended: boolean } | undefined>;
   /** Ends every follower and drops the logs. */
   close(): Promise<void>;
 }

@@ -1,4 +1,4 @@
-import type { EventLog, LoggedEvent } from "./event-log.js";
+import { EventLogSequenceError, type EventLog, type LoggedEvent } from "./event-log.js";
 
 export interface MemoryEventLogOptions<E> {
   /** How long a finished stream stays readable. */
@@ -56,8 +56,8 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
         s = { events: [], bytes: 0, ended: false, endTime: 0, waiters: new Set() };
         streams.set(streamId, s);
       }
-      if (s.ended) throw new Error(`stream ${streamId} has ended`);
-      if (seq !== s.events.length + 1) throw new Error(`stream ${streamId}: expected seq ${s.events.length + 1}, got ${seq}`);
+      if (s.ended) throw new EventLogSequenceError(`stream ${streamId} has ended`);
+      if (seq !== s.events.length + 1) throw new EventLogSequenceError(`stream ${streamId}: expected seq ${s.events.length + 1}, got ${seq}`);
       s.events.push({ seq, event });
       s.bytes += options.sizeOf(event);
       wake(s);
@@ -95,6 +95,11 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
           }
         },
       };
+    },
+    async last(streamId) {
+      evict();
+      const s = streams.get(streamId);
+      return s ? { seq: s.events.length, ended: s.ended } : undefined;
     },
     async close() {
       closed = true;

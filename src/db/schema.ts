@@ -179,6 +179,8 @@ export interface AskTable {
   owner: string | null;
   create_time: CreatedTime;
   finish_time: NullableTime;
+  /** Set by a CancelAsk served on another replica: the running replica's lease renewal stops the Ask. */
+  cancel_request_time: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
 }
 
 export interface KnowledgeBaseTable {

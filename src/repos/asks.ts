@@ -305,3 +305,108 @@ export async function messagesByIds(db: Db, tenantId: string, ids: readonly stri
   if (ids.length === 0) return [];
   return db.selectFrom("messages").selectAll().where("id", "in", ids).where("tenant_id", "=", tenantId).execute();
 }
+
+/**
+ * Renews the lease like renewLease and tells whether a CancelAsk served by
+ * another replica asked for the Ask to stop (one round trip per renewal).
+ */
+export async function renewLeaseAndCheckCancel(
+  db: Db,
+  tenantId: string,
+  sessionId: string,
+  askId: string,
+  owner: string,
+  leaseMs: number,
+): Promise<{ readonly held: boolean; readonly cancelRequested: boolean }> {
+  const row = await db
+    .updateTable("sessions")
+    .set({ lease_expire_time: leaseEnd(leaseMs) })
+    .where("id", "=", sessionId)
+    .where("tenant_id", "=", tenantId)
+    .where("active_ask_id", "=", askId)
+    .where("lease_owner", "=", owner)
+    .returning((eb) =>
+      eb
+        .selectFrom("asks")
+        .select(sql<boolean>`cancel_request_time is not null`.as("c"))
+        .where("asks.id", "=", askId)
+        .where("asks.tenant_id", "=", tenantId)
+        .as("cancel_requested"),
+    )
+    .executeTakeFirst();
+  return { held: row !== undefined, cancelRequested: row?.cancel_requested === true };
+}
+
+/** Records a cancel request on a running Ask (for its replica's lease renewal to notice); false when it is not running. */
+export async function requestCancel(db: Db, tenantId: string, askId: string): Promise<boolean> {
+  const row = await db
+    .updateTable("asks")
+    .set({ cancel_request_time: sql<Date>`now()` })
+    .where("id", "=", askId)
+    .where("tenant_id", "=", tenantId)
+    .where("status", "=", "running")
+    .returning("id")
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
+/** A claim whose lease has expired: its replica stopped renewing it. */
+export interface ExpiredClaim {
+  readonly tenantId: string;
+  readonly sessionId: string;
+  readonly askId: string;
+}
+
+/**
+ * Claims whose lease has expired, oldest first, across tenants: the sweeper's
+ * periodic query (the partial index sessions_lease_expire_idx makes it a short
+ * range scan of claimed sessions only). Each result is then handled in its tenant.
+ */
+export async function findExpiredClaims(db: Db, limit: number): Promise<ExpiredClaim[]> {
+  const rows = await db
+    .selectFrom("sessions")
+    .select(["tenant_id", "id", "active_ask_id"])
+    .where("active_ask_id", "is not", null)
+    .where("lease_expire_time", "<=", sql<Date>`now()`)
+    .orderBy("lease_expire_time")
+    .limit(limit)
+    .execute();
+  return rows.map((r) => ({ tenantId: r.tenant_id, sessionId: r.id, askId: r.active_ask_id! }));
+}
+
+/**
+ * Marks the Ask of an expired claim INTERRUPTED (its message keeps what was
+ * flushed) and frees the session, if the claim is still that Ask's and still
+ * expired. A row another replica is sweeping is skipped, not waited for.
+ * True when this call did it.
+ */
+export async function sweepExpiredClaim(db: Kysely<Database>, claim: ExpiredClaim): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    const s = await tx
+      .selectFrom("sessions")
+      .select("id")
+      .where("id", "=", claim.sessionId)
+      .where("tenant_id", "=", claim.tenantId)
+      .where("active_ask_id", "=", claim.askId)
+      .where("lease_expire_time", "<=", sql<Date>`now()`)
+      .forUpdate()
+      .skipLocked()
+      .executeTakeFirst();
+    if (!s) return false;
+    await interruptAsk(tx, claim.tenantId, claim.askId);
+    await tx
+      .updateTable("sessions")
+      .set((eb) => ({
+        active_ask_id: null,
+        lease_owner: null,
+        lease_expire_time: null,
+        update_time: sql<Date>`now()`,
+        version: eb("version", "+", 1),
+      }))
+      .where("id", "=", claim.sessionId)
+      .where("tenant_id", "=", claim.tenantId)
+      .where("active_ask_id", "=", claim.askId)
+      .execute();
+    return true;
+  });
+}

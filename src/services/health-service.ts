@@ -25,6 +25,11 @@ export interface HealthSnapshot {
   readonly latencyMs: number | undefined;
   /** Why the last ping failed. */
   readonly error: string | undefined;
+  /**
+   * Redis, when configured: unreachable means degraded, not down (Asks run on
+   * each replica's own log; following them across replicas is unavailable).
+   */
+  readonly redis?: { readonly reachable: boolean; readonly error: string | undefined };
 }
 
 /** Pings the database periodically and tells who is interested when it stops or starts answering. */
@@ -45,6 +50,8 @@ export interface HealthMonitorOptions {
   readonly intervalMs?: number;
   /** A ping slower than this counts as a failure. */
   readonly timeoutMs?: number;
+  /** Pinged beside the database when Redis is configured; its failures degrade, they do not stop serving. */
+  readonly redis?: { ping(): Promise<void> };
 }
 
 /** A monitor that pings the database every intervalMs (default 1 s) with a timeout (default 2 s). */
@@ -69,7 +76,12 @@ export function createHealthMonitor(
 
   function publish(next: HealthSnapshot): void {
     const first = snapshot.checkedAt === undefined;
-    const changed = first || next.serving !== snapshot.serving || next.stopping !== snapshot.stopping;
+    const redisChanged = next.redis?.reachable !== snapshot.redis?.reachable;
+    if (redisChanged && next.redis && !next.stopping && !(first && next.redis.reachable)) {
+      if (next.redis.reachable) log.info("Redis reachable again: cross-replica resume and cancel restored");
+      else log.warn({ reason: next.redis.error }, "Redis unreachable: degraded (Asks run on each replica's own event log)");
+    }
+    const changed = first || redisChanged || next.serving !== snapshot.serving || next.stopping !== snapshot.stopping;
     snapshot = next;
     if (!changed) return;
     if (!next.stopping && !(first && next.serving)) {
@@ -79,7 +91,26 @@ export function createHealthMonitor(
     for (const l of listeners) l(next);
   }
 
+  async function pingRedis(): Promise<HealthSnapshot["redis"]> {
+    if (!options.redis) return undefined;
+    let timeout: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        options.redis.ping(),
+        new Promise<never>((_, reject) => {
+          timeout = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
+      return { reachable: true, error: undefined };
+    } catch (err) {
+      return { reachable: false, error: err instanceof Error ? err.message : String(err) };
+    } finally {
+      clearTimeout(timeout);
+    }
+  }
+
   async function ping(): Promise<void> {
+    const redisCheck = pingRedis();
     const started = performance.now();
     const ac = new AbortController();
     let timeout: NodeJS.Timeout | undefined;
@@ -93,15 +124,19 @@ export function createHealthMonitor(
           }, timeoutMs);
         }),
       ]);
+      const latencyMs = Math.round((performance.now() - started) * 100) / 100;
+      const redis = await redisCheck;
       if (stopped) return;
       publish({
         serving: true,
         stopping: false,
         checkedAt: new Date(),
-        latencyMs: Math.round((performance.now() - started) * 100) / 100,
+        latencyMs,
         error: undefined,
+        ...(redis ? { redis } : {}),
       });
     } catch (err) {
+      const redis = await redisCheck;
       if (stopped) return;
       publish({
         serving: false,
@@ -109,6 +144,7 @@ export function createHealthMonitor(
         checkedAt: new Date(),
         latencyMs: undefined,
         error: err instanceof Error ? err.message : String(err),
+        ...(redis ? { redis } : {}),
       });
     } finally {
       clearTimeout(timeout);

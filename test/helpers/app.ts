@@ -42,6 +42,8 @@ export async function createTestApp(
     dataDir,
     databaseUrl: database.url,
     logLevel: "silent",
+    // Tests look at single deltas; coalescing is tested where it is the subject.
+    askDeltaCoalesceMs: 0,
     ...options.config,
   });
   const app = await createApp(config, {
