@@ -35,6 +35,10 @@ export interface Config {
   /** Model used by agents whose model is empty. */
   readonly defaultModel: string;
   readonly providers: ProviderConfig;
+  /** `provider:model` of the embedding model for vector search; empty: full-text search only. */
+  readonly embeddingModel: string;
+  /** Documents larger than this many bytes are ingested in the background (CreateDocument returns PROCESSING). */
+  readonly knowledgeSyncMaxBytes: number;
   /** Interval at which a streaming answer's partial content is written to the database. */
   readonly flushIntervalMs: number;
   /** Lease of a running Ask on its session, renewed while it runs; a replica that stops renewing frees the session after it. */
@@ -131,6 +135,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     corsOrigins: (env.PARLEY_CORS_ORIGINS || "*").split(",").map((s) => s.trim()).filter(Boolean),
     defaultModel: env.PARLEY_DEFAULT_MODEL || "",
     providers: providers(env),
+    embeddingModel: env.PARLEY_EMBEDDING_MODEL || "",
+    knowledgeSyncMaxBytes: int(env, "PARLEY_KB_SYNC_MAX_BYTES", 256 * 1024),
     flushIntervalMs: int(env, "PARLEY_FLUSH_INTERVAL_MS", 1000, 1),
     askLeaseMs: int(env, "PARLEY_ASK_LEASE_MS", 10_000, 100),
     askEventRetentionMs: int(env, "PARLEY_ASK_EVENT_RETENTION_MS", 24 * 60 * 60 * 1000),

@@ -38,13 +38,25 @@ describe("createModelRegistry", () => {
 
   it("answers FAILED_PRECONDITION MODEL_PROVIDER_NOT_CONFIGURED naming the env vars when no provider is configured", () => {
     const models = createModelRegistry(loadConfig({}));
-    for (const model of ["", "openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5", "openai-compatible:llama3.2", "mystery:x", "no-colon"]) {
+    for (const model of ["openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5", "openai-compatible:llama3.2", "mystery:x", "no-colon", "builtin:nope"]) {
       const err = notConfigured(() => models.resolve(model));
       expect([err.kind, err.reason, err.metadata.model]).toEqual(["failed_precondition", "MODEL_PROVIDER_NOT_CONFIGURED", model]);
       for (const env of ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_COMPATIBLE_BASE_URL", "PARLEY_DEFAULT_MODEL"]) {
         expect(err.message).toContain(env);
       }
     }
+  });
+
+  it("uses builtin:extractive for an empty model only when no provider and no default is configured", () => {
+    const bare = createModelRegistry(loadConfig({}));
+    expect(bare.resolve("").id).toBe("builtin:extractive");
+    const builtin = bare.resolve("builtin:extractive").model;
+    expect(typeof builtin === "string" ? builtin : `${builtin.provider}/${builtin.modelId}`).toBe("builtin/extractive");
+    // A configured provider without PARLEY_DEFAULT_MODEL: an empty model is still a configuration mistake.
+    const withProvider = createModelRegistry(loadConfig({ OPENAI_API_KEY: "sk-test" }));
+    const err = notConfigured(() => withProvider.resolve(""));
+    expect([err.reason, err.metadata.model]).toEqual(["MODEL_PROVIDER_NOT_CONFIGURED", ""]);
+    expect(withProvider.resolve("builtin:extractive").id).toBe("builtin:extractive");
   });
 
   it("resolves each configured provider and uses PARLEY_DEFAULT_MODEL for an empty model", () => {

@@ -4,11 +4,13 @@ import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import type { LanguageModel } from "ai";
 import type { Config } from "../../config.js";
 import { failedPrecondition, type ParleyError } from "../../errors.js";
+import { BUILTIN_EXTRACTIVE, createBuiltinExtractiveModel } from "./builtin-extractive.js";
 
 /** Resolves an agent's `provider:model` string to an AI SDK language model. */
 export interface ModelRegistry {
   /**
-   * The model for `provider:model` (empty: the configured default). Throws a
+   * The model for `provider:model` (empty: the configured default; with no
+   * provider configured at all, builtin:extractive). Throws a
    * ParleyError (failed_precondition, reason MODEL_PROVIDER_NOT_CONFIGURED) that
    * explains how to configure a provider when none matches.
    */
@@ -19,7 +21,8 @@ const HOW_TO =
   "Configure a provider with environment variables: OPENAI_API_KEY (optionally OPENAI_BASE_URL) for `openai:<model>`, " +
   "ANTHROPIC_API_KEY (optionally ANTHROPIC_BASE_URL) for `anthropic:<model>`, " +
   "OPENAI_COMPATIBLE_BASE_URL (optionally OPENAI_COMPATIBLE_API_KEY) for `openai-compatible:<model>` " +
-  "(Ollama, vLLM, LM Studio, llama.cpp server); PARLEY_DEFAULT_MODEL is used by agents whose model is empty.";
+  "(Ollama, vLLM, LM Studio, llama.cpp server); PARLEY_DEFAULT_MODEL is used by agents whose model is empty. " +
+  "`builtin:extractive` needs no provider: it quotes the agent's knowledge with citations.";
 
 /** The FAILED_PRECONDITION an Ask gets when its model cannot be served; `why` names the missing piece. */
 export function modelNotConfigured(model: string, why: string): ParleyError {
@@ -53,14 +56,21 @@ export function createModelRegistry(config: Config): ModelRegistry {
         includeUsage: true,
       })
     : undefined;
+  // A bare machine (no provider, no default) answers with the built-in model, so a first run works offline.
+  const fallback = !openai && !anthropic && !compatible ? BUILTIN_EXTRACTIVE : "";
+  let builtin: LanguageModel | undefined;
 
   return {
     resolve(model) {
-      const id = model || config.defaultModel;
+      const id = model || config.defaultModel || fallback;
       if (!id) throw modelNotConfigured("", "The agent has no model and PARLEY_DEFAULT_MODEL is not set");
       const parsed = parseModelId(id);
       if (!parsed) throw modelNotConfigured(id, `Model "${id}" is not of the form provider:model`);
       switch (parsed.provider) {
+        case "builtin":
+          if (parsed.name !== "extractive") throw modelNotConfigured(id, `Unknown built-in model "${parsed.name}" (the built-in model is ${BUILTIN_EXTRACTIVE})`);
+          builtin ??= createBuiltinExtractiveModel();
+          return { id, model: builtin };
         case "openai":
           if (!openai) throw modelNotConfigured(id, `Provider "openai" is not configured: set OPENAI_API_KEY`);
           return { id, model: openai.chat(parsed.name) };
