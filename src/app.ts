@@ -6,6 +6,7 @@ import { MessageService } from "../gen/parley/v1/message_pb.js";
 import { SessionService } from "../gen/parley/v1/session_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
+import { createSessionFeed } from "./ask/session-feed.js";
 import { createModelRegistry, type ModelRegistry } from "./ask/models/registry.js";
 import { bootstrapIfEmpty, type BootstrapResult } from "./auth/bootstrap.js";
 import { createAuthInterceptor } from "./auth/interceptor.js";
@@ -77,7 +78,9 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     // Redis (when configured) may be down at start: the bus connects in the background.
     const bus: Bus = createBus(config, log, { sizeOf: eventSize });
     const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
-    const asks = createAskRuntime({ ...deps, models, replicaId, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels });
+    // Session changes reach every replica through Postgres NOTIFY (see session-feed.ts).
+    const feed = await createSessionFeed(database.listen, log);
+    const asks = createAskRuntime({ ...deps, models, replicaId, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, feed });
     const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
     let closing: Promise<void> | undefined;
     return {
@@ -100,6 +103,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
         closing ??= (async () => {
           health.stop();
           await asks.drain(graceMs);
+          await feed.close();
           await bus.close();
           if (!options.database) await database.close();
         })();

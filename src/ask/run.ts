@@ -12,8 +12,8 @@ import { buildContext, CONTEXT_DEFAULTS, type HistoryMessage, type TokenCounter 
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
 
-/** Who stopped an Ask: CancelAsk, the Ask's own client going away, or the server shutting down. */
-export type CancelReason = "cancel_ask" | "client" | "shutdown";
+/** Who stopped an Ask: CancelAsk, the Ask's own client going away, the server shutting down, or an INTERRUPT Ask taking the session. */
+export type CancelReason = "cancel_ask" | "client" | "shutdown" | "interrupt";
 
 /** Why a run's model call is aborted: a cancellation, or the loss of the claim on the session. */
 type AbortReason = CancelReason | "lease_lost";

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { fingerprint } from "../fingerprint.js";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   ResumeAskResponseSchema,
   AskResponseSchema,
@@ -17,7 +17,6 @@ import type { AskRow, JsonObject } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, ParleyError, unavailable } from "../errors.js";
 import { newId, requireId } from "../ids.js";
 import {
-  claimSession,
   findAskByRequest,
   findAskTarget,
   finishAsk,
@@ -35,7 +34,10 @@ import { checkContent, checkMetadata, checkText, LIMITS } from "../services/limi
 import { createTokenCounter } from "./context.js";
 import { askEvent, askToProto, eventSize, unstoredMessage, type AskEventInit } from "./convert.js";
 import type { ModelRegistry } from "./models/registry.js";
+import { askPolicyIn, createSessionGate, type AskPolicyRequest } from "./policy.js";
 import { startRun, type AskRun, type RunDeps, type RunSpec } from "./run.js";
+import type { SessionFeed } from "./session-feed.js";
+import { createSessionWatch } from "./watch.js";
 import { logInterrupted, startSweeper } from "./sweeper.js";
 
 export interface AskRuntimeDeps extends ServiceDeps {
@@ -48,6 +50,8 @@ export interface AskRuntimeDeps extends ServiceDeps {
   readonly sharedEvents?: EventLog<AskEvent>;
   /** Carries CancelAsk to the replica that runs the Ask; default: this process only. */
   readonly cancels?: CancelBus;
+  /** Wakes Asks waiting for a session and WatchSession streams when a session changes (any replica). */
+  readonly feed: SessionFeed;
 }
 
 /** Runs Asks: the three SessionService handlers and the shutdown drain. */
@@ -63,7 +67,7 @@ export interface AskRuntime {
 }
 
 /** An Ask request that passed validation. */
-export interface ValidAsk {
+export interface ValidAsk extends AskPolicyRequest {
   readonly sessionId: string;
   readonly content: string;
   readonly requestId: string | null;
@@ -98,6 +102,7 @@ export function validateAsk(req: AskRequest): ValidAsk {
   const store = req.store ?? true;
   const hash = fingerprint([req.content, temperature ?? null, maxOutputTokens ?? null, store, metadata]);
   return {
+    ...askPolicyIn(req),
     sessionId,
     content: req.content,
     requestId: req.requestId === "" ? null : req.requestId,
@@ -172,9 +177,28 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   /** Asks whose rows are committed (or being committed) but whose run is not registered yet. */
   const starting = new Map<string, Promise<void>>();
   let draining = false;
+  const gate = createSessionGate({
+    db,
+    log,
+    feed: deps.feed,
+    replicaId,
+    leaseMs: config.askLeaseMs,
+    async interrupt(tenantId, askId) {
+      await starting.get(askId);
+      const run = runs.get(askId);
+      if (run && run.spec.tenantId === tenantId) {
+        run.cancel("interrupt");
+        await run.done;
+        return;
+      }
+      // TODO(issue 4, cancel bus): carry the reason to the replica that runs it; a remote run records "cancel_ask" today.
+      if (await requestCancel(db, tenantId, askId)) await cancels.publish(askId);
+    },
+  });
+  const watchSession = createSessionWatch({ db, log, feed: deps.feed, follow: (t, a, s, signal) => follow(t, a, s, signal) });
 
   /** Starts a new Ask, or finds the one a retried request_id already started. */
-  async function begin(tenantId: string, v: ValidAsk): Promise<{ askId: string; owned: boolean }> {
+  async function begin(tenantId: string, v: ValidAsk, signal: AbortSignal): Promise<{ askId: string; owned: boolean }> {
     const target = await findAskTarget(db, tenantId, v.sessionId);
     if (!target) throw notFound("session", v.sessionId);
     if (v.requestId) {
@@ -195,18 +219,9 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     try {
       let stored;
       try {
-        stored = await db.transaction().execute(async (tx) => {
-          const claim = await claimSession(tx, tenantId, v.sessionId, askId, replicaId, config.askLeaseMs);
-          if (!claim.ok) {
-            if (claim.reason !== "running") {
-              throw claim.reason === "missing" ? notFound("session", v.sessionId) : sessionArchived(v.sessionId);
-            }
-            throw failedPrecondition(
-              `session "${v.sessionId}" already has a running Ask (${claim.activeAskId}); wait for it to finish or cancel it`,
-              "ASK_ALREADY_RUNNING",
-              { session_id: v.sessionId, ask_id: claim.activeAskId },
-            );
-          }
+        // The concurrency policy decides when (and whether) this Ask gets the session; see policy.ts.
+        const gateRequest = { ...v, tenantId, agentId: target.agent.id, askId, signal };
+        stored = await gate.acquire(gateRequest, async (tx, claim) => {
           // The previous holder's lease expired: its replica is gone.
           if (claim.previousAskId) {
             await interruptAsk(tx, tenantId, claim.previousAskId);
@@ -412,7 +427,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   async function* ask(req: AskRequest, ctx: HandlerContext) {
     const { tenantId } = callerOf(ctx);
     const v = validateAsk(req);
-    const { askId, owned } = await begin(tenantId, v);
+    const { askId, owned } = await begin(tenantId, v, ctx.signal);
     let ended = false;
     // The client that started the Ask went away before its end: stop the model,
     // keep the partial answer. Watched on the signal itself because a stream
@@ -447,11 +462,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
           yield create(ResumeAskResponseSchema, { event });
         }
       },
-      // TODO(issue 4): WatchSession is being built; until then it is not served.
-      // eslint-disable-next-line require-yield
-      async *watchSession() {
-        throw new ConnectError("WatchSession is not implemented yet", Code.Unimplemented);
-      },
+      watchSession,
       async cancelAsk(req, ctx) {
         const { tenantId } = callerOf(ctx);
         const askId = requireId("ask_id", req.askId);
@@ -483,6 +494,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     running: () => runs.size,
     async drain(graceMs) {
       draining = true;
+      gate.shutdown();
       sweeper.stop();
       unsubscribeCancels();
       const allDone = () => Promise.all([...runs.values()].map((r) => r.done));

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Kysely, PGliteDialect, PostgresDialect, sql } from "kysely";
 import pg from "pg";
+import { createPgListen, type ListenFn, type Unlisten } from "./notifications.js";
 import type { Database } from "./schema.js";
 
 export interface DatabaseOptions {
@@ -17,6 +18,8 @@ export interface DatabaseHandle {
   readonly kind: "postgres" | "pglite";
   /** Resolves when the database answers a trivial query; rejects otherwise. */
   ping(signal?: AbortSignal): Promise<void>;
+  /** LISTENs to a NOTIFY channel: a dedicated, self-healing connection on Postgres; PGlite's own listener in-process. */
+  readonly listen: ListenFn;
   close(): Promise<void>;
 }
 
@@ -33,7 +36,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHa
     // A broken idle connection must not crash the process; the pool replaces it.
     pool.on("error", () => {});
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-    return handle(db, "postgres");
+    return handle(db, "postgres", createPgListen(url, undefined));
   }
   const { PGlite } = await import("@electric-sql/pglite");
   // pgvector ships inside PGlite; loading it lets the knowledge migration create the vector table.
@@ -45,20 +48,35 @@ export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHa
   }
   const pglite = await PGlite.create({ ...(dataDir ? { dataDir } : {}), extensions: { vector } });
   const db = new Kysely<Database>({ dialect: new PGliteDialect({ pglite }) });
-  return handle(db, "pglite");
+  return handle(db, "pglite", async (channel, onPayload) => {
+    const unlisten = await pglite.listen(channel, onPayload);
+    return async () => {
+      if (!pglite.closed) await unlisten();
+    };
+  });
 }
 
-function handle(db: Kysely<Database>, kind: "postgres" | "pglite"): DatabaseHandle {
+function handle(db: Kysely<Database>, kind: "postgres" | "pglite", listen: ListenFn): DatabaseHandle {
   let closed = false;
+  const listeners = new Set<Unlisten>();
   return {
     db,
     kind,
     async ping() {
       await sql`select 1`.execute(db);
     },
+    async listen(channel, onPayload, onResync) {
+      const unlisten = await listen(channel, onPayload, onResync);
+      const stop = async () => {
+        if (listeners.delete(stop)) await unlisten();
+      };
+      listeners.add(stop);
+      return stop;
+    },
     async close() {
       if (closed) return;
       closed = true;
+      await Promise.all([...listeners].map((stop) => stop()));
       await db.destroy();
     },
   };

@@ -54,6 +54,8 @@ export interface RetrievalJson {
   cite?: boolean;
 }
 
+export type ConcurrencyPolicyText = "reject" | "enqueue" | "interrupt";
+
 export interface AgentTable {
   id: string;
   tenant_id: string;
@@ -68,6 +70,10 @@ export interface AgentTable {
   /** Knowledge bases searched on every turn. */
   knowledge_base_ids: ColumnType<string[], string[] | string | undefined, string[] | string>;
   retrieval: ColumnType<RetrievalJson, RetrievalJson | string | undefined, RetrievalJson | string>;
+  /** What a second Ask on a busy session does; null: REJECT. */
+  concurrency_policy: ColumnType<ConcurrencyPolicyText | null, ConcurrencyPolicyText | null | undefined, ConcurrencyPolicyText | null>;
+  /** How long an ENQUEUE Ask waits; null: the default. */
+  enqueue_timeout_ms: ColumnType<number | null, number | null | undefined, number | null>;
   version: Generated<number>;
   create_time: CreatedTime;
   update_time: Time;
@@ -236,6 +242,20 @@ export interface ChunkEmbeddingTable {
   embedding: string;
 }
 
+/** An Ask waiting for its busy session (ENQUEUE, or INTERRUPT until the cancelled Ask is gone). */
+export interface AskQueueTable {
+  ask_id: string;
+  tenant_id: string;
+  session_id: string;
+  /** 0: INTERRUPT, 1: ENQUEUE; the queue is ordered by (priority, position). */
+  priority: number;
+  position: ColumnType<string, never, never>;
+  /** The replica whose Ask waits; it renews expire_time. */
+  owner: string;
+  expire_time: ColumnType<Date, Date | string, Date | string>;
+  create_time: CreatedTime;
+}
+
 export interface Database {
   tenants: TenantTable;
   server_settings: ServerSettingTable;
@@ -245,6 +265,7 @@ export interface Database {
   messages: MessageTable;
   append_requests: AppendRequestTable;
   asks: AskTable;
+  ask_queue: AskQueueTable;
   knowledge_bases: KnowledgeBaseTable;
   documents: DocumentTable;
   chunks: ChunkTable;

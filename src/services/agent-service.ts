@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
   AgentSchema,
@@ -10,7 +10,9 @@ import {
   type ContextPolicy,
   type GenerationConfig,
 } from "../../gen/parley/v1/agent_pb.js";
+import type { ConcurrencyPolicy } from "../../gen/parley/v1/common_pb.js";
 import type { ServiceDeps } from "../app.js";
+import { durationFromMs, enqueueTimeoutIn, policyIn, policyToProto } from "../ask/policy.js";
 import { callerOf } from "../auth/caller.js";
 import type { AgentRow, ContextPolicyJson, GenerationJson, JsonObject } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, staleEtag } from "../errors.js";
@@ -31,6 +33,9 @@ interface AgentFields {
   prologue: string;
   context_policy: ContextPolicyJson;
   metadata: JsonObject;
+  /** Kept as given until validated (an unknown enum value or a bad duration names its field). */
+  concurrency_policy: ConcurrencyPolicy;
+  enqueue_timeout: Duration | undefined;
 }
 
 const MODEL_SYNTAX = /^[a-z][a-z0-9._-]*:\S+$/i;
@@ -52,6 +57,8 @@ const AGENT_PATHS = new Set([
   "context_policy.max_history_messages",
   "context_policy.max_input_tokens",
   "metadata",
+  "concurrency_policy",
+  "enqueue_timeout",
 ]);
 
 function generationIn(g: GenerationConfig | undefined): GenerationJson {
@@ -81,6 +88,8 @@ function fieldsOf(a: Agent): AgentFields {
     prologue: a.prologue,
     context_policy: contextPolicyIn(a.contextPolicy),
     metadata: structIn(a.metadata),
+    concurrency_policy: a.concurrencyPolicy,
+    enqueue_timeout: a.enqueueTimeout,
   };
 }
 
@@ -94,6 +103,8 @@ function fieldsOfRow(r: AgentRow): AgentFields {
     prologue: r.prologue,
     context_policy: r.context_policy,
     metadata: r.metadata,
+    concurrency_policy: policyToProto(r.concurrency_policy),
+    enqueue_timeout: durationFromMs(r.enqueue_timeout_ms),
   };
 }
 
@@ -155,6 +166,8 @@ function validateAgent(f: AgentFields): void {
       }
     },
     () => checkMetadata("agent.metadata", f.metadata),
+    () => policyIn("agent.concurrency_policy", f.concurrency_policy),
+    () => enqueueTimeoutIn("agent.enqueue_timeout", f.enqueue_timeout),
   ];
   checkAll(...checks);
 }
@@ -215,6 +228,8 @@ export function agentToProto(row: AgentRow): Agent {
       maxInputTokens: p.max_input_tokens ?? 0,
     }),
     metadata: structOut(row.metadata),
+    concurrencyPolicy: policyToProto(row.concurrency_policy),
+    ...(row.enqueue_timeout_ms !== null ? { enqueueTimeout: durationFromMs(row.enqueue_timeout_ms) } : {}),
     createTime: ts(row.create_time),
     updateTime: ts(row.update_time),
     etag: etagOf(row.version),
@@ -223,8 +238,11 @@ export function agentToProto(row: AgentRow): Agent {
 
 /** The stored values of agent fields (jsonb columns as JSON text). */
 function rowValues(f: AgentFields) {
+  const { concurrency_policy, enqueue_timeout, ...rest } = f;
   return {
-    ...f,
+    ...rest,
+    concurrency_policy: policyIn("agent.concurrency_policy", concurrency_policy) ?? null,
+    enqueue_timeout_ms: enqueueTimeoutIn("agent.enqueue_timeout", enqueue_timeout) ?? null,
     generation: JSON.stringify(f.generation),
     context_policy: JSON.stringify(f.context_policy),
     metadata: JSON.stringify(f.metadata),

@@ -167,6 +167,8 @@ describe.each(backends())("tenancy on %s", (backend) => {
     await sameAsUnknown("CancelAsk", mine, none, (x: Ids) => b.sessions.cancelAsk({ askId: x.askId }));
     await sameAsUnknown("GetAsk", mine, none, (x: Ids) => b.sessions.getAsk({ askId: x.askId }));
     await sameAsUnknown("ResumeAsk", mine, none, (x: Ids) => drain(b.sessions.resumeAsk({ askId: x.askId })));
+    // A watch of a real session never ends by itself: the first update (or error) is the answer.
+    await sameAsUnknown("WatchSession", mine, none, (x: Ids) => firstOf(b.sessions.watchSession({ sessionId: x.sessionId })));
 
     // MessageService
     await sameAsUnknown("ListMessages", mine, none, (x: Ids) => b.messages.listMessages({ sessionId: x.sessionId }));
@@ -265,6 +267,7 @@ describe.each(backends())("tenancy on %s", (backend) => {
       ["GetAsk", (askId) => b.sessions.getAsk({ askId })],
       // Another tenant's second Ask must not learn that one is running (FAILED_PRECONDITION would tell).
       ["Ask", (_, sessionId) => drain(b.sessions.ask({ sessionId, content: "me too" }))],
+      ["WatchSession", (_, sessionId) => firstOf(b.sessions.watchSession({ sessionId }))],
     ];
     for (const [rpc, probe] of probes) {
       const f = await errorOf(probe(started.askId, running));
@@ -352,6 +355,12 @@ describe.each(backends())("tenancy on %s", (backend) => {
     });
   });
 });
+
+/** The first response of a server stream (then the stream is closed). */
+async function firstOf<T>(stream: AsyncIterable<T>): Promise<T | undefined> {
+  for await (const r of stream) return r;
+  return undefined;
+}
 
 async function expectNotFound(call: Promise<unknown>): Promise<void> {
   const err = await errorOf(call);
