@@ -701,7 +701,11 @@ export type AskRequest = Message<"parley.v1.AskRequest"> & {
   concurrencyPolicy: ConcurrencyPolicy;
 
   /**
-   * Optional. Overrides the agent's enqueue timeout, 0 to 10 minutes.
+   * Optional. Overrides the agent's enqueue timeout, 0 to 10 minutes. An
+   * ENQUEUE Ask (and an INTERRUPT Ask waiting for the cancelled one to stop)
+   * that does not get the session within it fails with DEADLINE_EXCEEDED,
+   * ErrorInfo reason ENQUEUE_TIMEOUT; nothing of it is stored. A waiting Ask
+   * sends no event until it starts; its client leaving gives up its place.
    *
    * @generated from field: google.protobuf.Duration enqueue_timeout = 8;
    */
@@ -866,7 +870,8 @@ export type AskCancelled = Message<"parley.v1.AskCancelled"> & {
   message?: Message$1 | undefined;
 
   /**
-   * Who cancelled: "cancel_ask", "client", "shutdown".
+   * Who cancelled: "cancel_ask", "client", "shutdown", or "interrupt" (an
+   * INTERRUPT Ask took the session).
    *
    * @generated from field: string reason = 2;
    */
@@ -1111,7 +1116,7 @@ export type WatchSessionRequest = Message<"parley.v1.WatchSessionRequest"> & {
 
   /**
    * Optional. The cursor of the last update the client has (a message seq).
-   * 0: from the first message.
+   * 0: from the first message. Negative is INVALID_ARGUMENT.
    *
    * @generated from field: int64 after_seq = 2;
    */
@@ -1127,6 +1132,15 @@ export const WatchSessionRequestSchema: GenMessage<WatchSessionRequest> = /*@__P
 
 /**
  * Response of SessionService.WatchSession: one update of the session.
+ *
+ * Messages arrive in seq order, each exactly once, in its final state: a
+ * STREAMING assistant message is not sent (nor any message after it) until
+ * its Ask ends; meanwhile the Ask's events arrive as ask_event. The cursor is
+ * the seq of the last message sent: every message up to it has been sent.
+ * ask_event updates carry the unchanged cursor; they are progress, not
+ * messages, and the events of an Ask running when the stream starts are sent
+ * from its first event, so a client that reconnects rebuilds the partial
+ * answer. Later edits of a sent message are not sent again.
  *
  * @generated from message parley.v1.WatchSessionResponse
  */
@@ -1572,9 +1586,11 @@ export const SessionService: GenService<{
   },
   /**
    * Runs one turn: stores the user message, streams the model's answer as
-   * events and stores it. One Ask at a time per session: a second one while
-   * one runs is FAILED_PRECONDITION with the running ask id in the error's
-   * ErrorInfo metadata (`ask_id`).
+   * events and stores it. One Ask at a time per session; a second one while
+   * one runs follows the concurrency policy (the request's, else the
+   * agent's): REJECT is FAILED_PRECONDITION with the running ask id in the
+   * error's ErrorInfo metadata (`ask_id`), ENQUEUE waits its turn, INTERRUPT
+   * cancels the running Ask.
    *
    * @generated from rpc parley.v1.SessionService.Ask
    */
