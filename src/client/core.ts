@@ -1,7 +1,7 @@
 // The part of Parley's client shared by Node and browsers. It must stay free of
 // node: imports: src/client/web.ts bundles it for browsers.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
 import { SessionService, type AskEvent, type AskRequestSchema } from "../../gen/parley/v1/session_pb.js";
@@ -31,6 +31,16 @@ export interface AskOptions {
   readonly timeoutMs?: number;
   /** Extra headers of this call. */
   readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * Resume after a transport error (a dropped connection, a replica going away)
+   * with ResumeAsk from the last event received, up to this many times in a row.
+   * Default 5; 0 turns resuming off. While resuming is on, the Ask runs as a
+   * background Ask (so that a dropped connection does not cancel it) and
+   * aborting options.signal cancels it with CancelAsk.
+   */
+  readonly maxResumes?: number;
+  /** Pause before the n-th resume in a row: min(250 ms * 2^(n-1), 4 s) by default. */
+  readonly resumeDelayMs?: (attempt: number) => number;
 }
 
 /** What ask() takes: an AskRequest (session_id and content at least). */
@@ -45,9 +55,11 @@ export interface ParleyClient {
   readonly transport: Transport;
   /**
    * Runs one turn and yields its events as they arrive: started, textDelta…,
-   * usage, then exactly one of completed / failed / cancelled. Errors before the
-   * stream starts (bad input, NotFound, a running Ask) are thrown as ConnectError;
-   * aborting options.signal throws ConnectError with Code.Canceled.
+   * usage, then exactly one of completed / failed / cancelled / interrupted.
+   * Errors before the stream starts (bad input, NotFound, a running Ask) are
+   * thrown as ConnectError; aborting options.signal throws ConnectError with
+   * Code.Canceled. A transport error after Started is resumed from the last
+   * event seen (see AskOptions.maxResumes): every event arrives once, in order.
    */
   ask(request: AskInput, options?: AskOptions): AsyncGenerator<AskEvent, void, undefined>;
 }
@@ -93,13 +105,94 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
     transport,
     async *ask(request, options = {}) {
       const { signal, timeoutMs, headers } = options;
-      for await (const res of sessions.ask(request, { signal, timeoutMs, headers })) {
-        // An AskResponse always carries an event; one without is skipped rather
-        // than surfaced as a half-empty value.
-        if (res.event) yield res.event;
+      const maxResumes = options.maxResumes ?? 5;
+      const resumeDelay = options.resumeDelayMs ?? ((n: number) => Math.min(250 * 2 ** (n - 1), 4_000));
+      const deadline = timeoutMs !== undefined ? Date.now() + timeoutMs : undefined;
+      const callOptions = () => ({
+        signal,
+        headers,
+        ...(deadline !== undefined ? { timeoutMs: Math.max(deadline - Date.now(), 1) } : {}),
+      });
+      let askId: string | undefined;
+      let lastSeq = 0n;
+      let resumes = 0;
+      let ended = false;
+      // A dropped connection must not cancel the Ask we mean to resume; the caller's abort still does.
+      const onAbort = () => {
+        if (askId && !ended) sessions.cancelAsk({ askId }, { headers, timeoutMs: 5_000 }).catch(() => {});
+      };
+      if (maxResumes > 0) signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        let stream: AsyncIterable<{ event?: AskEvent }> = sessions.ask(
+          maxResumes > 0 ? { ...request, background: true } : request,
+          callOptions(),
+        );
+        for (;;) {
+          try {
+            for await (const res of stream) {
+              // An AskResponse always carries an event; one without is skipped rather
+              // than surfaced as a half-empty value.
+              const e = res.event;
+              if (!e || e.seq <= lastSeq) continue;
+              if (e.event.case === "started") askId = e.event.value.askId;
+              lastSeq = e.seq;
+              resumes = 0;
+              if (isTerminal(e)) ended = true;
+              yield e;
+              if (ended) return;
+            }
+            // The stream closed without a terminal event (a proxy ended it): resume too.
+            if (!askId || resumes >= maxResumes) {
+              throw new ConnectError("the Ask's stream ended before its terminal event", Code.Unavailable);
+            }
+          } catch (err) {
+            if (!askId || signal?.aborted || !resumable(err) || resumes >= maxResumes) throw err;
+          }
+          resumes++;
+          await pause(resumeDelay(resumes), signal);
+          stream = sessions.resumeAsk({ askId, afterSeq: lastSeq }, callOptions());
+        }
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
       }
     },
   };
+}
+
+function isTerminal(e: AskEvent): boolean {
+  const c = e.event.case;
+  return c === "completed" || c === "failed" || c === "cancelled" || c === "interrupted";
+}
+
+/**
+ * Errors a resume can cure: the connection or the replica went away, or the
+ * server asked to retry. Canceled counts too, because the caller's own abort is
+ * ruled out before: an HTTP/2 stream reset by a dying connection reports it.
+ */
+function resumable(err: unknown): boolean {
+  const code = ConnectError.from(err).code;
+  return (
+    code === Code.Unavailable ||
+    code === Code.Unknown ||
+    code === Code.Internal ||
+    code === Code.Aborted ||
+    code === Code.Canceled
+  );
+}
+
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new ConnectError("the Ask was aborted", Code.Canceled));
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new ConnectError("the Ask was aborted", Code.Canceled));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 export { Code, ConnectError } from "@connectrpc/connect";
