@@ -1,0 +1,49 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentService } from "../../gen/parley/v1/agent_pb.js";
+import { SessionService, type AskEvent } from "../../gen/parley/v1/session_pb.js";
+import { createTestApp, type TestApp } from "../helpers/app.js";
+import { collect } from "../helpers/ask-stream.js";
+import { createFakeModels, tokensModel } from "../helpers/fake-models.js";
+
+// Text deltas are coalesced for the event log: fewer entries, the same text, gap-free seqs.
+const TOKENS = Array.from({ length: 200 }, (_, i) => `${i},`);
+
+describe("coalesced text deltas", () => {
+  let t: TestApp;
+  beforeAll(async () => {
+    const models = createFakeModels({ burst: tokensModel(TOKENS), trickle: tokensModel(TOKENS.slice(0, 5), { delayMs: 300 }) });
+    t = await createTestApp({ models, config: { askDeltaCoalesceMs: 30 } });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  async function ask(model: string): Promise<AskEvent[]> {
+    const { agent } = await t.client(AgentService).createAgent({ agent: { name: "c", model } });
+    const sessions = t.client(SessionService);
+    const { session } = await sessions.createSession({ session: { agentId: agent!.id, userId: "u" } });
+    return collect(sessions.ask({ sessionId: session!.id, content: "go" }));
+  }
+
+  const textOf = (events: AskEvent[]) => events.map((e) => (e.event.case === "textDelta" ? e.event.value.text : "")).join("");
+
+  it("merges a burst of tokens into fewer deltas without changing the text or leaving seq gaps", async () => {
+    const events = await ask("fake:burst");
+    const deltas = events.filter((e) => e.event.case === "textDelta");
+    expect(deltas.length).toBeGreaterThan(0);
+    expect(deltas.length).toBeLessThan(TOKENS.length);
+    expect(textOf(events)).toBe(TOKENS.join(""));
+    expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => BigInt(i + 1)));
+    // A replay from the log is the same events.
+    const askId = events[0]!.event.case === "started" ? events[0]!.event.value.askId : "";
+    const replay = await collect(t.client(SessionService).resumeAsk({ askId, afterSeq: 0n }));
+    expect(replay).toEqual(events);
+  });
+
+  it("logs tokens that come slower than the window one by one", async () => {
+    const events = await ask("fake:trickle");
+    expect(events.filter((e) => e.event.case === "textDelta").map((e) => (e.event.value as { text: string }).text)).toEqual(
+      TOKENS.slice(0, 5),
+    );
+  });
+});
