@@ -2,9 +2,13 @@ import { randomUUID } from "node:crypto";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
 import { AgentService } from "../gen/parley/v1/agent_pb.js";
+import { MemoryService } from "../gen/parley/v1/memory_pb.js";
 import { MessageService } from "../gen/parley/v1/message_pb.js";
 import { SessionService } from "../gen/parley/v1/session_pb.js";
+import { StateService } from "../gen/parley/v1/state_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { createMemorySearcher } from "./ask/memory.js";
+import { embedderFromConfig } from "./knowledge/embeddings.js";
 import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
 import { createSessionFeed } from "./ask/session-feed.js";
 import { createModelRegistry, type ModelRegistry } from "./ask/models/registry.js";
@@ -21,8 +25,10 @@ import { createLogger, type Logger } from "./log.js";
 import { createPageTokenCodec, type PageTokenCodec } from "./pagination.js";
 import { createAgentService } from "./services/agent-service.js";
 import { createHealthMonitor, createHealthService, type HealthMonitor } from "./services/health-service.js";
+import { createMemoryService } from "./services/memory-service.js";
 import { createMessageService } from "./services/message-service.js";
 import { createSessionService } from "./services/session-service.js";
+import { createStateService } from "./services/state-service.js";
 import { loadOrCreateTokenSecret } from "./settings.js";
 
 /** What every service factory receives. */
@@ -80,7 +86,9 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
     // Session changes reach every replica through Postgres NOTIFY (see session-feed.ts).
     const feed = await createSessionFeed(database.listen, log);
-    const asks = createAskRuntime({ ...deps, models, replicaId, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, feed });
+    // Memories are searched with the same embedding model as knowledge (PARLEY_EMBEDDING_MODEL), when set.
+    const memories = createMemorySearcher(embedderFromConfig(config), log);
+    const asks = createAskRuntime({ ...deps, models, replicaId, memories, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, feed });
     const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
     let closing: Promise<void> | undefined;
     return {
@@ -97,6 +105,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
         router.service(AgentService, createAgentService(deps));
         router.service(SessionService, createSessionService(deps, asks));
         router.service(MessageService, createMessageService(deps));
+        router.service(MemoryService, createMemoryService(deps, memories));
+        router.service(StateService, createStateService(deps));
         router.service(Health, createHealthService(health));
       },
       close(graceMs = config.shutdownGraceMs) {

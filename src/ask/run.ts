@@ -10,7 +10,9 @@ import { lastMessages } from "../repos/messages.js";
 import { messageToProto, usageToProto } from "../services/converters.js";
 import { buildContext, CONTEXT_DEFAULTS, type HistoryMessage, type TokenCounter } from "./context.js";
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
+import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memory.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
+import { renderInstructions, type TemplateState } from "./template.js";
 
 /** Who stopped an Ask: CancelAsk, the Ask's own client going away, the server shutting down, or an INTERRUPT Ask taking the session. */
 export type CancelReason = "cancel_ask" | "client" | "shutdown" | "interrupt";
@@ -28,6 +30,8 @@ export interface RunDeps {
   readonly replicaId: string;
   /** Text deltas within this window go to the log as one (0: each as it comes). */
   readonly coalesceMs?: number;
+  /** Memory search for agents with memory enabled. */
+  readonly memories?: MemorySearcher;
 }
 
 /** One Ask to run, as stored by the runtime. */
@@ -37,6 +41,10 @@ export interface RunSpec {
   readonly askId: string;
   readonly model: { readonly id: string; readonly model: LanguageModel };
   readonly agent: AskTarget["agent"];
+  /** The session's user (whose memories and `user:` state the turn sees). */
+  readonly userId: string;
+  /** The state the instructions are rendered with: the scopes after this request's delta, and its temp: keys. */
+  readonly state?: TemplateState;
   readonly overrides: { readonly temperature?: number; readonly maxOutputTokens?: number };
   readonly store: boolean;
   /** The user message as Started reports it (stored, or built in memory when store is false). */
@@ -272,6 +280,21 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     } finally {
       await events.end(askId);
     }
+    if (outcome.status === "completed") {
+      await extractAfterAsk({
+        db,
+        searcher: deps.memories,
+        log,
+        settings: spec.agent.memory,
+        model: spec.model.model,
+        tenantId,
+        userId: spec.userId,
+        sessionId: spec.sessionId,
+        askId,
+        question: spec.userContent,
+        answer: content,
+      });
+    }
   }
 
   async function loadContext() {
@@ -287,10 +310,20 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
       const rows = await lastMessages(db, tenantId, spec.sessionId, maxHistoryMessages);
       history = [{ id: "", role: "user", content: spec.userContent, status: "complete" }, ...rows];
     }
-    return buildContext(
-      { instructions: spec.agent.instructions, history, maxHistoryMessages, maxInputTokens },
-      deps.tokens,
-    );
+    // Instructions are a template over the turn's state, followed by what is remembered about the user.
+    const memories = await memoryBlockForTurn({
+      db,
+      searcher: deps.memories,
+      log,
+      settings: spec.agent.memory,
+      tenantId,
+      userId: spec.userId,
+      sessionId: spec.sessionId,
+      question: spec.userContent,
+      signal: abort.signal,
+    });
+    const instructions = [renderInstructions(spec.agent.instructions, spec.state), memories.text].filter((t) => t.trim() !== "").join("\n\n");
+    return buildContext({ instructions, history, maxHistoryMessages, maxInputTokens }, deps.tokens);
   }
 
   /** Stores the outcome; retried a few times because the claim stays held (until its lease expires) if this fails. */

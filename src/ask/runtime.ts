@@ -28,6 +28,10 @@ import {
   requestCancel,
 } from "../repos/asks.js";
 import { appendMessages } from "../repos/messages.js";
+import { updateState } from "../repos/state.js";
+import { stateDeltaIn } from "../services/state-service.js";
+import { isEmptyDelta, type ValidDelta } from "../state/scopes.js";
+import type { MemorySearcher } from "./memory.js";
 import { structIn } from "../services/convert.js";
 import { messageToProto, usageToProto } from "../services/converters.js";
 import { checkContent, checkMetadata, checkText, LIMITS } from "../services/limits.js";
@@ -46,6 +50,8 @@ export interface AskRuntimeDeps extends ServiceDeps {
   readonly replicaId: string;
   /** Where Ask events are logged for followers and replays; default: an in-process log bounded by config. */
   readonly events?: EventLog<AskEvent>;
+  /** Memory search for agents with memory enabled; default: none (no memories injected). */
+  readonly memories?: MemorySearcher;
   /** The log other replicas read (Redis), where the sweeper ends the Asks of dead replicas; default: events. */
   readonly sharedEvents?: EventLog<AskEvent>;
   /** Carries CancelAsk to the replica that runs the Ask; default: this process only. */
@@ -77,6 +83,8 @@ export interface ValidAsk extends AskPolicyRequest {
   readonly metadata: JsonObject;
   /** Fingerprint of what the request asks for: a reused request_id must come with the same one. */
   readonly hash: string;
+  /** State changes stored with the user message; temp: keys for this turn only. */
+  readonly stateDelta: ValidDelta;
   /** Keep running when the client that started it disconnects. */
   readonly background: boolean;
 }
@@ -100,7 +108,15 @@ export function validateAsk(req: AskRequest): ValidAsk {
   const metadata = structIn(req.metadata);
   checkMetadata("metadata", metadata);
   const store = req.store ?? true;
-  const hash = fingerprint([req.content, temperature ?? null, maxOutputTokens ?? null, store, metadata]);
+  const stateDelta = stateDeltaIn("state_delta", req.stateDelta, true);
+  const hash = fingerprint([
+    req.content,
+    temperature ?? null,
+    maxOutputTokens ?? null,
+    store,
+    metadata,
+    ...(isEmptyDelta(stateDelta) ? [] : [stateDelta]),
+  ]);
   return {
     ...askPolicyIn(req),
     sessionId,
@@ -111,6 +127,7 @@ export function validateAsk(req: AskRequest): ValidAsk {
     store,
     metadata,
     hash,
+    stateDelta,
     background: req.background,
   };
 }
@@ -162,6 +179,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     leaseMs: config.askLeaseMs,
     replicaId,
     coalesceMs: config.askDeltaCoalesceMs,
+    ...(deps.memories ? { memories: deps.memories } : {}),
   };
   /** Asks running in this process. */
   const runs = new Map<string, AskRun>();
@@ -240,12 +258,14 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
             store: v.store,
             owner: replicaId,
           });
-          if (!userMessageId || !assistantMessageId) return { ask, user: undefined };
+          // The state delta commits with the user message, or not at all; the scopes it returns render this turn.
+          const state = await updateState(tx, tenantId, v.sessionId, v.stateDelta, { field: "state_delta" });
+          if (!userMessageId || !assistantMessageId) return { ask, user: undefined, state };
           const { messages } = await appendMessages(tx, tenantId, v.sessionId, [
             { id: userMessageId, role: "user", content: v.content, metadata: v.metadata, askId },
             { id: assistantMessageId, role: "assistant", content: "", status: "streaming", askId, model: model.id },
           ]);
-          return { ask, user: messages[0] };
+          return { ask, user: messages[0], state };
         });
       } catch (err) {
         // A concurrent retry of the same request_id won the claim (or the insert): follow its Ask.
@@ -266,6 +286,8 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
         askId,
         model,
         agent: target.agent,
+        userId: stored.state.owner.userId,
+        state: { session: stored.state.session, user: stored.state.user, app: stored.state.app, temp: stored.state.temp },
         overrides: {
           ...(v.temperature !== undefined ? { temperature: v.temperature } : {}),
           ...(v.maxOutputTokens !== undefined ? { maxOutputTokens: v.maxOutputTokens } : {}),

@@ -2,6 +2,7 @@ import type { Kysely } from "kysely";
 import { Migrator, type Migration, type MigrationResultSet } from "kysely/migration";
 import * as initial from "./migrations/2026_11_21_000000_initial.js";
 import * as knowledge from "./migrations/2026_11_21_203000_knowledge.js";
+import * as memoryState from "./migrations/2026_11_21_203100_memory_state.js";
 import * as askConcurrency from "./migrations/2026_11_21_204000_ask_concurrency.js";
 import * as askRecovery from "./migrations/2026_11_21_204500_ask_recovery.js";
 import type { Database } from "./schema.js";
@@ -11,6 +12,7 @@ import type { Database } from "./schema.js";
 const migrations: Record<string, Migration> = {
   "2026_11_21_000000_initial": initial,
   "2026_11_21_203000_knowledge": knowledge,
+  "2026_11_21_203100_memory_state": memoryState,
   "2026_11_21_204000_ask_concurrency": askConcurrency,
   "2026_11_21_204500_ask_recovery": askRecovery,
 };

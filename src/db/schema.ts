@@ -56,6 +56,14 @@ export interface RetrievalJson {
 
 export type ConcurrencyPolicyText = "reject" | "enqueue" | "interrupt";
 
+/** An agent's memory settings; absent keys take the defaults. */
+export interface MemoryConfigJson {
+  enabled?: boolean;
+  max_items?: number;
+  extract?: boolean;
+  min_quality?: number;
+}
+
 export interface AgentTable {
   id: string;
   tenant_id: string;
@@ -70,6 +78,7 @@ export interface AgentTable {
   /** Knowledge bases searched on every turn. */
   knowledge_base_ids: ColumnType<string[], string[] | string | undefined, string[] | string>;
   retrieval: ColumnType<RetrievalJson, RetrievalJson | string | undefined, RetrievalJson | string>;
+  memory: ColumnType<MemoryConfigJson, MemoryConfigJson | string | undefined, MemoryConfigJson | string>;
   /** What a second Ask on a busy session does; null: REJECT. */
   concurrency_policy: ColumnType<ConcurrencyPolicyText | null, ConcurrencyPolicyText | null | undefined, ConcurrencyPolicyText | null>;
   /** How long an ENQUEUE Ask waits; null: the default. */
@@ -256,6 +265,49 @@ export interface AskQueueTable {
   create_time: CreatedTime;
 }
 
+export type MemoryTypeText = "short" | "long";
+
+export interface MemoryTable {
+  id: string;
+  tenant_id: string;
+  type: MemoryTypeText;
+  user_id: string;
+  /** The session of a short-term memory; null for long-term ones. */
+  session_id: string | null;
+  content: string;
+  quality: ColumnType<number, number | undefined, number>;
+  metadata: Json;
+  tsv: ColumnType<string, never, never>;
+  create_time: CreatedTime;
+}
+
+/** Exists only where pgvector is available (see the memory migration). */
+export interface MemoryEmbeddingTable {
+  memory_id: string;
+  tenant_id: string;
+  model: string;
+  /** pgvector's text form, "[0.1,0.2,…]". */
+  embedding: string;
+}
+
+/** The `user:` state scope of one user within a tenant. */
+export interface UserStateTable {
+  tenant_id: string;
+  user_id: string;
+  state: Json;
+  version: Generated<number>;
+  update_time: Time;
+}
+
+/** The `app:` state scope of one agent. */
+export interface AppStateTable {
+  tenant_id: string;
+  agent_id: string;
+  state: Json;
+  version: Generated<number>;
+  update_time: Time;
+}
+
 export interface Database {
   tenants: TenantTable;
   server_settings: ServerSettingTable;
@@ -270,6 +322,10 @@ export interface Database {
   documents: DocumentTable;
   chunks: ChunkTable;
   chunk_embeddings: ChunkEmbeddingTable;
+  memories: MemoryTable;
+  memory_embeddings: MemoryEmbeddingTable;
+  user_states: UserStateTable;
+  app_states: AppStateTable;
 }
 
 export type TenantRow = Selectable<TenantTable>;
@@ -289,3 +345,4 @@ export type AskUpdate = Updateable<AskTable>;
 export type KnowledgeBaseRow = Selectable<KnowledgeBaseTable>;
 export type DocumentRow = Selectable<DocumentTable>;
 export type ChunkRow = Selectable<ChunkTable>;
+export type MemoryRow = Selectable<MemoryTable>;

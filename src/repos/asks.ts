@@ -21,7 +21,7 @@ function leaseEnd(ms: number) {
 /** What an Ask needs of its session and agent. */
 export interface AskTarget {
   readonly session: Pick<SessionRow, "id" | "tenant_id" | "agent_id" | "status">;
-  readonly agent: Pick<AgentRow, "id" | "instructions" | "model" | "generation" | "context_policy">;
+  readonly agent: Pick<AgentRow, "id" | "instructions" | "model" | "generation" | "context_policy" | "memory">;
 }
 
 /** The session and its agent, in the tenant; undefined when the session does not exist there. */
@@ -38,6 +38,7 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
       "a.model",
       "a.generation",
       "a.context_policy",
+      "a.memory",
     ])
     .where("s.id", "=", sessionId)
     .where("s.tenant_id", "=", tenantId)
@@ -51,6 +52,7 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
       model: row.model,
       generation: row.generation,
       context_policy: row.context_policy,
+      memory: row.memory,
     },
   };
 }

@@ -5,16 +5,19 @@ import {
   AgentSchema,
   ContextPolicySchema,
   GenerationConfigSchema,
+  MemoryConfigSchema,
   type Agent,
   type AgentService,
   type ContextPolicy,
   type GenerationConfig,
+  type MemoryConfig,
 } from "../../gen/parley/v1/agent_pb.js";
 import type { ConcurrencyPolicy } from "../../gen/parley/v1/common_pb.js";
 import type { ServiceDeps } from "../app.js";
 import { durationFromMs, enqueueTimeoutIn, policyIn, policyToProto } from "../ask/policy.js";
 import { callerOf } from "../auth/caller.js";
-import type { AgentRow, ContextPolicyJson, GenerationJson, JsonObject } from "../db/schema.js";
+import { checkTemplate } from "../ask/template.js";
+import type { AgentRow, ContextPolicyJson, GenerationJson, JsonObject, MemoryConfigJson } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, staleEtag } from "../errors.js";
 import { newId, requireId } from "../ids.js";
 import { pageSize } from "../pagination.js";
@@ -33,6 +36,7 @@ interface AgentFields {
   prologue: string;
   context_policy: ContextPolicyJson;
   metadata: JsonObject;
+  memory: MemoryConfigJson;
   /** Kept as given until validated (an unknown enum value or a bad duration names its field). */
   concurrency_policy: ConcurrencyPolicy;
   enqueue_timeout: Duration | undefined;
@@ -57,6 +61,11 @@ const AGENT_PATHS = new Set([
   "context_policy.max_history_messages",
   "context_policy.max_input_tokens",
   "metadata",
+  "memory",
+  "memory.enabled",
+  "memory.max_items",
+  "memory.extract",
+  "memory.min_quality",
   "concurrency_policy",
   "enqueue_timeout",
 ]);
@@ -78,6 +87,16 @@ function contextPolicyIn(p: ContextPolicy | undefined): ContextPolicyJson {
   return out;
 }
 
+function memoryIn(m: MemoryConfig | undefined): MemoryConfigJson {
+  // Defaults (false, 0, unset) are stored as absent so a later change of the default applies.
+  const out: MemoryConfigJson = {};
+  if (m?.enabled) out.enabled = true;
+  if (m?.maxItems) out.max_items = m.maxItems;
+  if (m?.extract) out.extract = true;
+  if (m?.minQuality !== undefined) out.min_quality = m.minQuality;
+  return out;
+}
+
 function fieldsOf(a: Agent): AgentFields {
   return {
     name: a.name,
@@ -88,6 +107,7 @@ function fieldsOf(a: Agent): AgentFields {
     prologue: a.prologue,
     context_policy: contextPolicyIn(a.contextPolicy),
     metadata: structIn(a.metadata),
+    memory: memoryIn(a.memory),
     concurrency_policy: a.concurrencyPolicy,
     enqueue_timeout: a.enqueueTimeout,
   };
@@ -103,6 +123,7 @@ function fieldsOfRow(r: AgentRow): AgentFields {
     prologue: r.prologue,
     context_policy: r.context_policy,
     metadata: r.metadata,
+    memory: r.memory,
     concurrency_policy: policyToProto(r.concurrency_policy),
     enqueue_timeout: durationFromMs(r.enqueue_timeout_ms),
   };
@@ -112,6 +133,7 @@ function fieldsOfRow(r: AgentRow): AgentFields {
 function validateAgent(f: AgentFields): void {
   const g = f.generation;
   const p = f.context_policy;
+  const mem = f.memory;
   const checks: (() => void)[] = [
     () => checkText("agent.name", f.name, LIMITS.nameChars, true),
     () => checkText("agent.description", f.description, LIMITS.descriptionChars),
@@ -119,6 +141,7 @@ function validateAgent(f: AgentFields): void {
       if (byteLength(f.instructions) > LIMITS.instructionsBytes) {
         throw invalidArgument("agent.instructions", `exceeds ${LIMITS.instructionsBytes} bytes`, "TOO_LONG");
       }
+      checkTemplate("agent.instructions", f.instructions);
     },
     () => {
       checkText("agent.model", f.model, LIMITS.nameChars);
@@ -166,6 +189,18 @@ function validateAgent(f: AgentFields): void {
       }
     },
     () => checkMetadata("agent.metadata", f.metadata),
+    () => {
+      const n = mem.max_items ?? 0;
+      if (n !== 0 && !(Number.isInteger(n) && n >= 1 && n <= 100)) {
+        throw invalidArgument("agent.memory.max_items", "must be between 1 and 100 (0: the default, 5)", "OUT_OF_RANGE");
+      }
+    },
+    () => {
+      const q = mem.min_quality;
+      if (q !== undefined && !(Number.isFinite(q) && q >= 0 && q <= 1)) {
+        throw invalidArgument("agent.memory.min_quality", "must be between 0 and 1", "OUT_OF_RANGE");
+      }
+    },
     () => policyIn("agent.concurrency_policy", f.concurrency_policy),
     () => enqueueTimeoutIn("agent.enqueue_timeout", f.enqueue_timeout),
   ];
@@ -191,6 +226,7 @@ function applyMask(current: AgentFields, req: Agent, paths: readonly string[]): 
     ...current,
     generation: { ...current.generation },
     context_policy: { ...current.context_policy },
+    memory: { ...current.memory },
   };
   for (const path of paths) {
     const [head, sub] = path.split(".") as [keyof AgentFields, string | undefined];
@@ -210,6 +246,7 @@ function applyMask(current: AgentFields, req: Agent, paths: readonly string[]): 
 export function agentToProto(row: AgentRow): Agent {
   const g = row.generation;
   const p = row.context_policy;
+  const m = row.memory;
   return create(AgentSchema, {
     id: row.id,
     name: row.name,
@@ -228,6 +265,12 @@ export function agentToProto(row: AgentRow): Agent {
       maxInputTokens: p.max_input_tokens ?? 0,
     }),
     metadata: structOut(row.metadata),
+    memory: create(MemoryConfigSchema, {
+      enabled: m.enabled ?? false,
+      maxItems: m.max_items ?? 0,
+      extract: m.extract ?? false,
+      ...(m.min_quality !== undefined ? { minQuality: m.min_quality } : {}),
+    }),
     concurrencyPolicy: policyToProto(row.concurrency_policy),
     ...(row.enqueue_timeout_ms !== null ? { enqueueTimeout: durationFromMs(row.enqueue_timeout_ms) } : {}),
     createTime: ts(row.create_time),
@@ -246,6 +289,7 @@ function rowValues(f: AgentFields) {
     generation: JSON.stringify(f.generation),
     context_policy: JSON.stringify(f.context_policy),
     metadata: JSON.stringify(f.metadata),
+    memory: JSON.stringify(f.memory),
   };
 }
 

@@ -32,9 +32,12 @@ import {
   type MessageInput,
 } from "../repos/messages.js";
 import { findSession } from "../repos/sessions.js";
+import { updateState } from "../repos/state.js";
+import { isEmptyDelta } from "../state/scopes.js";
 import { structIn } from "./convert.js";
 import { messageToProto, roleFromProto, sessionToProto } from "./converters.js";
 import { checkBatch, checkContent, checkJsonNoNul, checkMetadata, checkNoNul, checkText, LIMITS } from "./limits.js";
+import { stateDeltaIn } from "./state-service.js";
 
 /** Default and maximum page_size of ListMessages (message.proto). */
 export const MESSAGES_PAGE_SIZE = { default: 50, max: 1000 } as const;
@@ -124,10 +127,11 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
       const requestId = req.requestId;
       checkText("request_id", requestId, LIMITS.requestIdChars);
       checkNoNul("request_id", requestId);
+      const stateDelta = stateDeltaIn("state_delta", req.stateDelta, true);
 
       const respond = (r: { session: SessionRow; messages: MessageRow[] }) =>
         create(AppendMessagesResponseSchema, { messages: r.messages.map(messageToProto), session: sessionToProto(r.session) });
-      const requestHash = fingerprint([inputs, expectedLastSeq ?? null]);
+      const requestHash = fingerprint([inputs, expectedLastSeq ?? null, ...(isEmptyDelta(stateDelta) ? [] : [stateDelta])]);
       const replay = async (
         q: Kysely<Database> | Transaction<Database>,
         prior: { messageIds: readonly string[]; requestHash: string },
@@ -150,6 +154,8 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
               const prior = await findAppendRequest(tx, tenantId, sessionId, requestId);
               if (prior) return replay(tx, prior);
             }
+            // The state delta commits with the messages, or not at all (first, so the returned session shows it).
+            if (!isEmptyDelta(stateDelta)) await updateState(tx, tenantId, sessionId, stateDelta, { field: "state_delta" });
             const r = await appendMessages(
               tx,
               tenantId,

@@ -4,8 +4,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { FeedbackRating, MessageRole } from "../../gen/parley/v1/common_pb.js";
+import { MemoryService, MemoryType } from "../../gen/parley/v1/memory_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
 import { AskStatus, SessionService, type AskEvent } from "../../gen/parley/v1/session_pb.js";
+import { StateService } from "../../gen/parley/v1/state_pb.js";
 import { newId } from "../../src/ids.js";
 import { createApiKey, revokeApiKey } from "../../src/repos/api-keys.js";
 import { bearer, createTestApp, type TestApp } from "../helpers/app.js";
@@ -251,6 +253,71 @@ describe.each(backends())("tenancy on %s", (backend) => {
     // And the first tenant's data is exactly as it was.
     expect(await snapshotOfA()).toEqual(before);
     expect((await a.sessions.getSession({ sessionId })).session!.name).toBe("New session");
+  });
+
+  it("keeps memories and state to their tenant: another tenant's ids are NotFound, its user ids see nothing", async () => {
+    const memA = t.client(MemoryService);
+    const stateA = t.client(StateService);
+    const otherKey = (await t.newTenant("memory-intruder")).key;
+    const memB = t.client(MemoryService, otherKey);
+    const stateB = t.client(StateService, otherKey);
+    const longId = (await memA.addMemory({ memory: { type: MemoryType.LONG, userId: "alice", content: "Alice speaks Portuguese" } })).memory!.id;
+    await memA.addMemory({ memory: { type: MemoryType.SHORT, sessionId, content: "Alice asked about Portuguese verbs" } });
+    await stateA.updateState({ sessionId, delta: { set: { topic: "verbs", "user:lang": "pt", "app:tier": "gold" } } });
+
+    const snapshot = async () => {
+      const db = t.app.db;
+      const rows = await Promise.all([
+        db.selectFrom("memories").select(["id", "content", "session_id"]).where("tenant_id", "=", t.tenantId).orderBy("id").execute(),
+        db.selectFrom("user_states").select(["user_id", "state"]).where("tenant_id", "=", t.tenantId).orderBy("user_id").execute(),
+        db.selectFrom("app_states").select(["agent_id", "state"]).where("tenant_id", "=", t.tenantId).orderBy("agent_id").execute(),
+        db.selectFrom("sessions").select(["id", "state"]).where("tenant_id", "=", t.tenantId).orderBy("id").execute(),
+      ]);
+      return JSON.stringify(rows);
+    };
+    const before = await snapshot();
+    const covered = new Set<string>();
+    const failures: string[] = [];
+    async function sameAsUnknown(rpc: string, call: (ids: { sessionId: string; memoryId: string }) => Promise<unknown>) {
+      covered.add(rpc);
+      const describe = (e: ConnectError | undefined) =>
+        e ? `${Code[e.code]} ${e.findDetails(ErrorInfoSchema)[0]?.reason ?? "(no ErrorInfo)"}` : "OK";
+      const got = await errorOf(call({ sessionId, memoryId: longId }));
+      const want = await errorOf(call({ sessionId: newId(), memoryId: newId() }));
+      if (describe(got) !== describe(want) || got?.code !== Code.NotFound) {
+        failures.push(`${rpc}: first tenant's id → ${describe(got)}, unknown id → ${describe(want)}`);
+      }
+    }
+    await sameAsUnknown("AddMemory", (x) => memB.addMemory({ memory: { type: MemoryType.SHORT, sessionId: x.sessionId, content: "intruder" } }));
+    await sameAsUnknown("SearchMemory", (x) => memB.searchMemory({ query: "Portuguese", userId: "alice", sessionId: x.sessionId }));
+    await sameAsUnknown("ListMemories", (x) => memB.listMemories({ sessionId: x.sessionId }));
+    await sameAsUnknown("DeleteMemory", (x) => memB.deleteMemory({ memoryId: x.memoryId }));
+    await sameAsUnknown("ClearMemories", (x) => memB.clearMemories({ sessionId: x.sessionId }));
+    await sameAsUnknown("GetMemoryContext", (x) => memB.getMemoryContext({ query: "Portuguese", userId: "alice", sessionId: x.sessionId }));
+    await sameAsUnknown("GetState", (x) => stateB.getState({ sessionId: x.sessionId }));
+    await sameAsUnknown("UpdateState", (x) => stateB.updateState({ sessionId: x.sessionId, delta: { set: { "user:lang": "xx" } } }));
+    expect(failures).toEqual([]);
+
+    // The second tenant's user "alice" is another person: she sees none of the first one's memories or user: keys.
+    expect((await memB.searchMemory({ query: "Portuguese verbs", userId: "alice" })).hits).toEqual([]);
+    expect((await memB.listMemories({ userId: "alice" })).memories).toEqual([]);
+    expect((await memB.listMemories({})).memories).toEqual([]);
+    expect((await memB.getMemoryContext({ query: "Portuguese", userId: "alice" })).context).toBe("");
+    expect((await memB.clearMemories({ userId: "alice" })).deletedCount).toBe(0n);
+    const bAgent = (await t.client(AgentService, otherKey).createAgent({ agent: { name: "b" } })).agent!.id;
+    const bSession = (await t.client(SessionService, otherKey).createSession({ session: { agentId: bAgent, userId: "alice" } })).session!.id;
+    expect((await stateB.getState({ sessionId: bSession })).state).toEqual({});
+    await stateB.updateState({ sessionId: bSession, delta: { set: { "user:lang": "en" } } });
+    await memB.addMemory({ memory: { type: MemoryType.LONG, userId: "alice", content: "Alice speaks Portuguese too" } });
+    expect((await stateA.getState({ sessionId })).state).toEqual({ topic: "verbs", "user:lang": "pt", "app:tier": "gold" });
+    expect((await memA.listMemories({ userId: "alice" })).memories.map((m) => m.content).sort()).toEqual([
+      "Alice asked about Portuguese verbs",
+      "Alice speaks Portuguese",
+    ]);
+
+    const all = [MemoryService, StateService].flatMap((s: DescService) => s.methods.map((m) => m.name));
+    expect([...covered].sort()).toEqual([...all].sort());
+    expect(await snapshot()).toBe(before);
   });
 
   it("keeps a running Ask out of the second tenant's reach: no cancel, no peek, no 'already running'", async () => {
