@@ -31,7 +31,8 @@ import {
 } from "../repos/sessions.js";
 import { etagOf, structIn } from "./convert.js";
 import { messageToProto, sessionToProto } from "./converters.js";
-import { checkAll, checkBatch, checkMetadata, checkState, checkText, LIMITS } from "./limits.js";
+import { checkSessionState } from "../state/scopes.js";
+import { checkAll, checkBatch, checkMetadata, checkText, LIMITS } from "./limits.js";
 
 const DEFAULT_NAME = "New session";
 const SESSION_PATHS = ["name", "metadata", "state"] as const;
@@ -116,7 +117,7 @@ export function createSessionService(deps: ServiceDeps, asks: AskRuntime): Servi
         () => checkUserId("session.user_id", s.userId),
         () => checkText("session.name", s.name, LIMITS.nameChars),
         () => checkMetadata("session.metadata", metadata),
-        () => checkState("session.state", state),
+        () => checkSessionState("session.state", state),
       );
       const agentId = s.agentId.toLowerCase();
       const { session, prologue } = await db.transaction().execute(async (tx) => {
@@ -231,7 +232,7 @@ export function createSessionService(deps: ServiceDeps, asks: AskRuntime): Servi
           values.metadata = JSON.stringify(metadata);
         } else {
           const state = structIn(s.state);
-          checks.push(() => checkState("session.state", state));
+          checks.push(() => checkSessionState("session.state", state));
           values.state = JSON.stringify(state);
         }
       }

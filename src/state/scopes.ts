@@ -1,7 +1,7 @@
 import { fingerprint } from "../fingerprint.js";
 import type { JsonObject, JsonValue } from "../db/schema.js";
 import { invalidArgument } from "../errors.js";
-import { byteLength, checkJsonNoNul, LIMITS } from "../services/limits.js";
+import { byteLength, checkJsonNoNul, checkState, LIMITS } from "../services/limits.js";
 
 /** Where a state key lives (Google ADK's prefixes): the session, the user, the agent ("app"), or this request only. */
 export type StateScope = "session" | "user" | "app" | "temp";
@@ -140,4 +140,19 @@ export function mergedState(s: StateScopes & { temp?: JsonObject }): JsonObject 
 /** The etag of a merged view: a fingerprint of its content, so it changes exactly when the view does. */
 export function stateEtag(s: StateScopes): string {
   return `"${fingerprint(mergedState(s)).slice(0, 32)}"`;
+}
+
+/** Session.state as CreateSession and UpdateSession take it: the session scope only (256 KiB); prefixed keys belong to StateService and state deltas. */
+export function checkSessionState(field: string, state: JsonObject): void {
+  checkState(field, state);
+  for (const key of Object.keys(state)) {
+    const scope = PREFIXES.find(([prefix]) => key.startsWith(prefix));
+    if (scope) {
+      throw invalidArgument(
+        field,
+        `key "${key}" belongs to the ${scope[1]} scope; set it with UpdateState or a state_delta`,
+        "SCOPED_STATE_KEY",
+      );
+    }
+  }
 }

@@ -140,6 +140,19 @@ describe.each(backends())("StateService on %s", (backend) => {
     // One scope may be full while another is too: the limit is per scope.
     await state.updateState({ sessionId: s, delta: { set: { "user:a": big, "app:a": big } } });
     expect((await state.getState({ sessionId: s })).state!.keep).toBe(true);
+
+    // Session.state is the session scope: prefixed keys go through UpdateState or a state_delta.
+    const agentId = (await sessions.getSession({ sessionId: s })).session!.agentId;
+    await expectRejected(stored, () => sessions.createSession({ session: { agentId, userId: "eve", state: { "user:x": 1 } } }), Code.InvalidArgument, {
+      field: "session.state",
+      reason: "SCOPED_STATE_KEY",
+    });
+    await expectRejected(
+      stored,
+      () => sessions.updateSession({ session: { id: s, state: { "app:x": 1 } }, updateMask: { paths: ["state"] } }),
+      Code.InvalidArgument,
+      { field: "session.state", reason: "SCOPED_STATE_KEY" },
+    );
   });
 
   it("applies AppendMessages' state delta with the messages, or not at all", async () => {
