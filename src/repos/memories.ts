@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from "kysely";
+import { sql, type ExpressionBuilder, type Kysely, type Transaction } from "kysely";
 import type { Database, JsonObject, MemoryRow, MemoryTypeText } from "../db/schema.js";
 import { fuseRankings } from "../search/fusion.js";
 
@@ -16,7 +16,7 @@ export type MemoryWithCursor = MemoryRow & { cursor: string };
 
 /** A memory found by a search, with the fused and per-signal relevance (0 to 1). */
 export interface MemoryHitRow {
-  readonly memory: MemoryRow;
+  readonly memory: MemoryFields;
   readonly similarity: number;
   readonly termSimilarity: number;
   readonly vectorSimilarity: number;
@@ -35,6 +35,15 @@ export interface MemorySearch {
   /** The query's embedding, when an embedding model is configured and memory_embeddings exists. */
   readonly embedding?: { readonly model: string; readonly vector: readonly number[] };
 }
+
+/** A stored memory as searches return it (without its derived tsvector). */
+export type MemoryFields = Omit<MemoryRow, "tsv">;
+
+/** A memory row with the score one search method gave it. */
+type ScoredMemory = MemoryFields & { score: number };
+
+// The tsvector is left out: it is derived from content and only searched.
+const COLUMNS = sql.raw("m.id, m.tenant_id, m.type, m.user_id, m.session_id, m.content, m.quality, m.metadata, m.create_time");
 
 const cursorOf = sql<string>`to_char(create_time at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
 
@@ -72,12 +81,15 @@ function vectorText(v: readonly number[]): string {
   return `[${v.map((x) => (Number.isFinite(x) ? x : 0)).join(",")}]`;
 }
 
-function filtered<Q extends { where: (...args: any[]) => Q }>(q: Q, tenantId: string, f: MemoryFilter): Q {
-  let out = q.where("tenant_id", "=", tenantId);
-  if (f.userId !== undefined) out = out.where("user_id", "=", f.userId);
-  if (f.sessionId !== undefined) out = out.where("session_id", "=", f.sessionId);
-  if (f.type !== undefined) out = out.where("type", "=", f.type);
-  return out;
+/** The WHERE conditions of a filter, tenant first. */
+function conditions(tenantId: string, f: MemoryFilter) {
+  return (eb: ExpressionBuilder<Database, "memories">) =>
+    eb.and([
+      eb("tenant_id", "=", tenantId),
+      ...(f.userId !== undefined ? [eb("user_id", "=", f.userId)] : []),
+      ...(f.sessionId !== undefined ? [eb("session_id", "=", f.sessionId)] : []),
+      ...(f.type !== undefined ? [eb("type", "=", f.type)] : []),
+    ]);
 }
 
 /** One page of the tenant's memories matching the filter, newest first, after the (create_time, id) cursor. */
@@ -88,7 +100,7 @@ export async function listMemories(
   limit: number,
   after?: { readonly createTime: string; readonly id: string },
 ): Promise<MemoryWithCursor[]> {
-  let q = filtered(db.selectFrom("memories").selectAll().select(cursorOf.as("cursor")), tenantId, filter);
+  let q = db.selectFrom("memories").selectAll().select(cursorOf.as("cursor")).where(conditions(tenantId, filter));
   if (after) {
     q = q.where((eb) =>
       eb(eb.refTuple("create_time", "id"), "<", eb.tuple(sql<Date>`${after.createTime}::timestamptz`, sql<string>`${after.id}::uuid`)),
@@ -105,7 +117,7 @@ export async function deleteMemory(db: Db, tenantId: string, id: string): Promis
 
 /** Deletes the tenant's memories matching the filter; returns how many. */
 export async function clearMemories(db: Db, tenantId: string, filter: MemoryFilter): Promise<number> {
-  const r = await filtered(db.deleteFrom("memories"), tenantId, filter).executeTakeFirst();
+  const r = await db.deleteFrom("memories").where(conditions(tenantId, filter)).executeTakeFirst();
   return Number(r.numDeletedRows);
 }
 
@@ -124,63 +136,56 @@ export async function memoryVectorsAvailable(db: Db): Promise<boolean> {
  */
 export async function searchMemories(db: Db, tenantId: string, s: MemorySearch): Promise<MemoryHitRow[]> {
   const candidates = Math.min(Math.max(s.limit * 4, 40), 400);
-  const scope = (q: any) => {
-    let out = q
-      .where("m.tenant_id", "=", tenantId)
-      .where("m.user_id", "=", s.userId)
-      .where("m.quality", ">=", s.minQuality);
-    if (s.type !== undefined) out = out.where("m.type", "=", s.type);
-    if (s.sessionId !== undefined) {
-      const sessionId = s.sessionId;
-      out = out.where((eb: any) => eb.or([eb("m.type", "=", "long"), eb("m.session_id", "=", sessionId)]));
-    }
-    return out;
-  };
+  const where = sql.join(
+    [
+      sql`m.tenant_id = ${tenantId}`,
+      sql`m.user_id = ${s.userId}`,
+      sql`m.quality >= ${s.minQuality}`,
+      ...(s.type !== undefined ? [sql`m.type = ${s.type}`] : []),
+      ...(s.sessionId !== undefined ? [sql`(m.type = 'long' or m.session_id = ${s.sessionId})`] : []),
+    ],
+    sql` and `,
+  );
   // websearch_to_tsquery ANDs plain terms; with no negation in the query the
   // ANDs become ORs (phrases, `<->`, stay phrases), and ts_rank_cd ranks
-  // memories matching more of the terms first.
-  const tsquery = sql`(select case when strpos(w::text, '!') > 0 then w else replace(w::text, ' & ', ' | ')::tsquery end
-    from websearch_to_tsquery('english', ${s.query}) as w)`;
-  const termRows: (MemoryRow & { score: number })[] = await scope(
-    db
-      .selectFrom("memories as m")
-      .selectAll("m")
-      .select(sql<number>`ts_rank_cd(m.tsv, ${tsquery}, 32)`.as("score"))
-      .where(sql<boolean>`m.tsv @@ ${tsquery}`),
-  )
-    .orderBy("score", "desc")
-    .orderBy("m.create_time", "desc")
-    .limit(candidates)
-    .execute();
+  // memories matching more of the terms first (as knowledge search does).
+  const term = await sql<ScoredMemory>`
+    with q as (
+      select case when position('!' in w::text) > 0 then w
+                  else replace(w::text, ' & ', ' | ')::tsquery end as query
+      from websearch_to_tsquery('english', ${s.query}) as w
+    )
+    select ${COLUMNS}, ts_rank_cd(m.tsv, q.query, 32) as score
+    from q, memories m
+    where ${where} and m.tsv @@ q.query
+    order by score desc, m.create_time desc, m.id
+    limit ${candidates}`.execute(db);
 
-  let vectorRows: (MemoryRow & { score: number })[] = [];
+  let vector: ScoredMemory[] = [];
   if (s.embedding) {
     const v = vectorText(s.embedding.vector);
-    vectorRows = await scope(
-      db
-        .selectFrom("memories as m")
-        .innerJoin("memory_embeddings as e", (j: any) => j.onRef("e.memory_id", "=", "m.id").onRef("e.tenant_id", "=", "m.tenant_id"))
-        .selectAll("m")
-        .select(sql<number>`1 - (e.embedding <=> ${v}::vector)`.as("score"))
-        .where("e.model", "=", s.embedding.model)
-        .where(sql<boolean>`vector_dims(e.embedding) = ${s.embedding.vector.length}`),
-    )
-      .orderBy(sql`e.embedding <=> ${v}::vector`)
-      .limit(candidates)
-      .execute();
+    const r = await sql<ScoredMemory>`
+      select ${COLUMNS}, 1 - (e.embedding <=> ${v}::vector) as score
+      from memory_embeddings e
+      join memories m on m.id = e.memory_id and m.tenant_id = e.tenant_id
+      where ${where} and e.tenant_id = ${tenantId} and e.model = ${s.embedding.model}
+        and vector_dims(e.embedding) = ${s.embedding.vector.length}
+      order by e.embedding <=> ${v}::vector, m.id
+      limit ${candidates}`.execute(db);
+    vector = r.rows;
   }
 
-  const rows = new Map<string, MemoryRow>();
-  const ranked = (list: (MemoryRow & { score: number })[]) => {
+  const rows = new Map<string, MemoryFields>();
+  const ranked = (list: readonly ScoredMemory[]) => {
     const scores = new Map<string, number>();
     for (const { score, ...row } of list) {
-      rows.set(row.id, row as MemoryRow);
+      rows.set(row.id, row);
       const x = Number(score);
       scores.set(row.id, Number.isFinite(x) ? Math.min(1, Math.max(0, x)) : 0);
     }
     return { ids: list.map((r) => r.id), scores };
   };
-  const fused = fuseRankings([ranked(termRows), ranked(vectorRows)]);
+  const fused = fuseRankings([ranked(term.rows), ranked(vector)]);
   return fused.slice(0, s.limit).map((h) => ({
     memory: rows.get(h.id)!,
     similarity: h.similarity,

@@ -4,11 +4,11 @@ import { MemoryHitSchema, MemorySchema, MemoryType, type Memory, type MemoryHit,
 import type { ServiceDeps } from "../app.js";
 import { memoryContext, type MemorySearcher } from "../ask/memory.js";
 import { callerOf } from "../auth/caller.js";
-import type { MemoryRow, MemoryTypeText } from "../db/schema.js";
+import type { MemoryTypeText } from "../db/schema.js";
 import { invalidArgument, notFound } from "../errors.js";
 import { newId, requireId } from "../ids.js";
 import { pageSize } from "../pagination.js";
-import { clearMemories, deleteMemory, insertMemory, listMemories, type MemoryHitRow } from "../repos/memories.js";
+import { clearMemories, deleteMemory, insertMemory, listMemories, type MemoryFields, type MemoryHitRow } from "../repos/memories.js";
 import { findSession } from "../repos/sessions.js";
 import { structIn, structOut, ts } from "./convert.js";
 import { checkAll, checkMetadata, checkText, LIMITS } from "./limits.js";
@@ -24,7 +24,7 @@ export const MEMORY_LIMITS = {
 const CURSOR_TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
 
 /** The proto Memory of a stored row. */
-export function memoryToProto(row: MemoryRow): Memory {
+export function memoryToProto(row: MemoryFields): Memory {
   return create(MemorySchema, {
     id: row.id,
     type: row.type === "short" ? MemoryType.SHORT : MemoryType.LONG,
