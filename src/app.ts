@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
 import { AgentService } from "../gen/parley/v1/agent_pb.js";
+import { KnowledgeService } from "../gen/parley/v1/knowledge_pb.js";
 import { MemoryService } from "../gen/parley/v1/memory_pb.js";
 import { MessageService } from "../gen/parley/v1/message_pb.js";
 import { SessionService } from "../gen/parley/v1/session_pb.js";
@@ -10,6 +11,9 @@ import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { createMemorySearcher } from "./ask/memory.js";
 import { embedderFromConfig } from "./knowledge/embeddings.js";
 import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
+import { embedderFromConfig as knowledgeEmbedder } from "./knowledge/embeddings.js";
+import { createIngestor } from "./knowledge/ingest.js";
+import { createKnowledgeSearch } from "./knowledge/search.js";
 import { createSessionFeed } from "./ask/session-feed.js";
 import { createModelRegistry, type ModelRegistry } from "./ask/models/registry.js";
 import { bootstrapIfEmpty, type BootstrapResult } from "./auth/bootstrap.js";
@@ -26,6 +30,7 @@ import { createPageTokenCodec, type PageTokenCodec } from "./pagination.js";
 import { createAgentService } from "./services/agent-service.js";
 import { createHealthMonitor, createHealthService, type HealthMonitor } from "./services/health-service.js";
 import { createMemoryService } from "./services/memory-service.js";
+import { createKnowledgeService } from "./services/knowledge-service.js";
 import { createMessageService } from "./services/message-service.js";
 import { createSessionService } from "./services/session-service.js";
 import { createStateService } from "./services/state-service.js";
@@ -81,6 +86,16 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     const replicaId = randomUUID();
     const models = options.models ?? createModelRegistry(config);
     const deps: ServiceDeps = { db, log, config, pageTokens };
+    const knowledge = createKnowledgeSearch(db, log, knowledgeEmbedder(config));
+    const ingestor = createIngestor({
+      db,
+      log,
+      embedder: knowledge.vectorEmbedder,
+      syncMaxBytes: config.knowledgeSyncMaxBytes,
+      replicaId,
+    });
+    // Documents a crashed replica was ingesting would stay PROCESSING forever.
+    ingestor.failAbandoned().catch((err: unknown) => log.warn({ err }, "checking for abandoned document ingestions failed"));
     // Redis (when configured) may be down at start: the bus connects in the background.
     const bus: Bus = createBus(config, log, { sizeOf: eventSize });
     const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
@@ -88,7 +103,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     const feed = await createSessionFeed(database.listen, log);
     // Memories are searched with the same embedding model as knowledge (PARLEY_EMBEDDING_MODEL), when set.
     const memories = createMemorySearcher(embedderFromConfig(config), log);
-    const asks = createAskRuntime({ ...deps, models, replicaId, memories, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, feed });
+    const asks = createAskRuntime({ ...deps, models, replicaId, memories, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, knowledge, feed });
     const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
     let closing: Promise<void> | undefined;
     return {
@@ -105,6 +120,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
         router.service(AgentService, createAgentService(deps));
         router.service(SessionService, createSessionService(deps, asks));
         router.service(MessageService, createMessageService(deps));
+        router.service(KnowledgeService, createKnowledgeService({ ...deps, ingestor, search: knowledge }));
         router.service(MemoryService, createMemoryService(deps, memories));
         router.service(StateService, createStateService(deps));
         router.service(Health, createHealthService(health));
@@ -115,6 +131,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
           await asks.drain(graceMs);
           await feed.close();
           await bus.close();
+          await ingestor.close();
           if (!options.database) await database.close();
         })();
         return closing;

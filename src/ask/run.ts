@@ -7,7 +7,9 @@ import type { Database, UsageJson } from "../db/schema.js";
 import type { Logger } from "../log.js";
 import { finishAsk, flushContent, renewLeaseAndCheckCancel, type AskOutcome, type AskTarget } from "../repos/asks.js";
 import { lastMessages } from "../repos/messages.js";
-import { messageToProto, usageToProto } from "../services/converters.js";
+import { messageToProto, referencesToProto, usageToProto } from "../services/converters.js";
+import { builtinModelOptions, loadTurnKnowledge, type KnowledgeSearch } from "../knowledge/retrieve.js";
+import { setMessageReferences } from "../repos/knowledge.js";
 import { buildContext, CONTEXT_DEFAULTS, type HistoryMessage, type TokenCounter } from "./context.js";
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
 import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memory.js";
@@ -32,6 +34,8 @@ export interface RunDeps {
   readonly coalesceMs?: number;
   /** Memory search for agents with memory enabled. */
   readonly memories?: MemorySearcher;
+  /** Knowledge search for agents with knowledge bases. */
+  readonly knowledge?: KnowledgeSearch;
 }
 
 /** One Ask to run, as stored by the runtime. */
@@ -194,6 +198,12 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
 
     try {
       const context = await loadContext();
+      // References go out (and are stored with the answer) before the first text delta.
+      const refs = context.knowledge.references;
+      if (refs && !abort.signal.aborted) {
+        if (spec.assistantMessageId) await setMessageReferences(db, tenantId, spec.assistantMessageId, refs);
+        await emit({ case: "references", value: { references: referencesToProto(refs) } });
+      }
       if (!abort.signal.aborted) {
         const g = spec.agent.generation ?? {};
         const result = streamText({
@@ -201,6 +211,9 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
           ...(context.instructions !== undefined ? { instructions: context.instructions } : {}),
           messages: context.messages,
           allowSystemInMessages: true,
+          ...(spec.model.id.startsWith("builtin:")
+            ? { providerOptions: builtinModelOptions(context.knowledge, context.memories, refs !== undefined) }
+            : {}),
           abortSignal: abort.signal,
           temperature: spec.overrides.temperature ?? g.temperature,
           topP: g.top_p,
@@ -323,7 +336,24 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
       signal: abort.signal,
     });
     const instructions = [renderInstructions(spec.agent.instructions, spec.state), memories.text].filter((t) => t.trim() !== "").join("\n\n");
-    return buildContext({ instructions, history, maxHistoryMessages, maxInputTokens }, deps.tokens);
+    const knowledge = await loadTurnKnowledge({
+      db,
+      search: deps.knowledge,
+      log,
+      tokens: deps.tokens,
+      tenantId,
+      agentId: spec.agent.id,
+      question: spec.userContent,
+      instructions,
+      maxInputTokens,
+      signal: abort.signal,
+    });
+    const withKnowledge = [instructions, knowledge.block].filter((t) => t.trim() !== "").join("\n\n");
+    return {
+      ...buildContext({ instructions: withKnowledge, history, maxHistoryMessages, maxInputTokens }, deps.tokens),
+      knowledge,
+      memories: memories.text,
+    };
   }
 
   /** Stores the outcome; retried a few times because the claim stays held (until its lease expires) if this fails. */

@@ -39,6 +39,7 @@ import { createTokenCounter } from "./context.js";
 import { askEvent, askToProto, eventSize, unstoredMessage, type AskEventInit } from "./convert.js";
 import type { ModelRegistry } from "./models/registry.js";
 import { askPolicyIn, createSessionGate, type AskPolicyRequest } from "./policy.js";
+import type { KnowledgeSearch } from "../knowledge/search.js";
 import { startRun, type AskRun, type RunDeps, type RunSpec } from "./run.js";
 import type { SessionFeed } from "./session-feed.js";
 import { createSessionWatch } from "./watch.js";
@@ -58,6 +59,8 @@ export interface AskRuntimeDeps extends ServiceDeps {
   readonly cancels?: CancelBus;
   /** Wakes Asks waiting for a session and WatchSession streams when a session changes (any replica). */
   readonly feed: SessionFeed;
+  /** Knowledge search for agents with knowledge bases; default: none (no knowledge retrieved). */
+  readonly knowledge?: KnowledgeSearch;
 }
 
 /** Runs Asks: the three SessionService handlers and the shutdown drain. */
@@ -179,6 +182,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     leaseMs: config.askLeaseMs,
     replicaId,
     coalesceMs: config.askDeltaCoalesceMs,
+    ...(deps.knowledge ? { knowledge: deps.knowledge } : {}),
     ...(deps.memories ? { memories: deps.memories } : {}),
   };
   /** Asks running in this process. */

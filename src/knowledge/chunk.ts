@@ -38,6 +38,7 @@ interface Block {
 interface Piece {
   readonly text: string;
   readonly tokens: number;
+  readonly heading?: boolean;
 }
 
 const sentences = new Intl.Segmenter("en", { granularity: "sentence" });
@@ -86,14 +87,17 @@ export async function chunkDocument(
     if (block.heading !== undefined) {
       // A new section: no overlap from the previous one (it would be another topic).
       const fullEnough = currentTokens >= size / 2;
-      if (block.heading <= 2 || fullEnough) emit(false);
+      // Headings with no text under them yet (a title, then a section) stay with the text that follows.
+      const onlyHeadings = current.every((p) => p.heading);
+      if ((block.heading <= 2 || fullEnough) && !onlyHeadings) emit(false);
       if (onlyOverlap) {
         current = [];
         currentTokens = 0;
         onlyOverlap = false;
       }
     }
-    for (const piece of splitToFit(block.text, size, tokenizer)) {
+    for (const fitted of splitToFit(block.text, size, tokenizer)) {
+      const piece: Piece = block.heading !== undefined ? { ...fitted, heading: true } : fitted;
       if (currentTokens + piece.tokens + separatorTokens > size && current.length > 0) {
         emit(true);
         // The overlap must leave room for the piece.

@@ -46,9 +46,15 @@ export function createKnowledgeSearch(db: Kysely<Database>, log: Logger, embedde
       const [text, vector] = await Promise.all([
         searchFullText(db, tenantId, knowledgeBaseIds, query, candidates),
         emb
-          ? emb.embed([query], signal).then(([v]) =>
-              v && v.length > 0 ? searchVector(db, tenantId, knowledgeBaseIds, emb.model, v, candidates) : [],
-            )
+          ? emb
+              .embed([query], signal)
+              .then(([v]) => (v && v.length > 0 ? searchVector(db, tenantId, knowledgeBaseIds, emb.model, v, candidates) : []))
+              .catch((err: unknown) => {
+                if (signal?.aborted) throw err;
+                // The embedding service failing degrades the search to full text; it does not fail it.
+                log.warn({ err, embeddingModel: emb.model }, "embedding the query failed; searching by full text only");
+                return [] as ChunkHit[];
+              })
           : Promise.resolve<ChunkHit[]>([]),
       ]);
       return fuse([text, ...(emb ? [vector] : [])], topK, threshold);

@@ -5,11 +5,13 @@ import {
   AgentSchema,
   ContextPolicySchema,
   GenerationConfigSchema,
+  RetrievalConfigSchema,
   MemoryConfigSchema,
   type Agent,
   type AgentService,
   type ContextPolicy,
   type GenerationConfig,
+  type RetrievalConfig,
   type MemoryConfig,
 } from "../../gen/parley/v1/agent_pb.js";
 import type { ConcurrencyPolicy } from "../../gen/parley/v1/common_pb.js";
@@ -18,7 +20,9 @@ import { durationFromMs, enqueueTimeoutIn, policyIn, policyToProto } from "../as
 import { callerOf } from "../auth/caller.js";
 import { checkTemplate } from "../ask/template.js";
 import type { AgentRow, ContextPolicyJson, GenerationJson, JsonObject, MemoryConfigJson } from "../db/schema.js";
+import type { RetrievalJson } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, staleEtag } from "../errors.js";
+import { checkKnowledgeBaseIds, KNOWLEDGE_LIMITS } from "./knowledge-service.js";
 import { newId, requireId } from "../ids.js";
 import { pageSize } from "../pagination.js";
 import { deleteAgent, findAgent, insertAgent, listAgents, updateAgent } from "../repos/agents.js";
@@ -36,6 +40,8 @@ interface AgentFields {
   prologue: string;
   context_policy: ContextPolicyJson;
   metadata: JsonObject;
+  knowledge_base_ids: string[];
+  retrieval: RetrievalJson;
   memory: MemoryConfigJson;
   /** Kept as given until validated (an unknown enum value or a bad duration names its field). */
   concurrency_policy: ConcurrencyPolicy;
@@ -61,6 +67,12 @@ const AGENT_PATHS = new Set([
   "context_policy.max_history_messages",
   "context_policy.max_input_tokens",
   "metadata",
+  "knowledge_base_ids",
+  "retrieval",
+  "retrieval.top_k",
+  "retrieval.similarity_threshold",
+  "retrieval.max_context_tokens",
+  "retrieval.cite",
   "memory",
   "memory.enabled",
   "memory.max_items",
@@ -76,6 +88,16 @@ function generationIn(g: GenerationConfig | undefined): GenerationJson {
   if (g?.topP !== undefined) out.top_p = g.topP;
   if (g?.maxOutputTokens !== undefined) out.max_output_tokens = g.maxOutputTokens;
   if (g && g.stop.length > 0) out.stop = [...g.stop];
+  return out;
+}
+
+function retrievalIn(r: RetrievalConfig | undefined): RetrievalJson {
+  // 0 and unset mean "the default": stored as absent so a later change of the default applies.
+  const out: RetrievalJson = {};
+  if (r?.topK) out.top_k = r.topK;
+  if (r?.similarityThreshold) out.similarity_threshold = r.similarityThreshold;
+  if (r?.maxContextTokens) out.max_context_tokens = r.maxContextTokens;
+  if (r?.cite !== undefined) out.cite = r.cite;
   return out;
 }
 
@@ -107,6 +129,8 @@ function fieldsOf(a: Agent): AgentFields {
     prologue: a.prologue,
     context_policy: contextPolicyIn(a.contextPolicy),
     metadata: structIn(a.metadata),
+    knowledge_base_ids: [...a.knowledgeBaseIds],
+    retrieval: retrievalIn(a.retrieval),
     memory: memoryIn(a.memory),
     concurrency_policy: a.concurrencyPolicy,
     enqueue_timeout: a.enqueueTimeout,
@@ -123,6 +147,8 @@ function fieldsOfRow(r: AgentRow): AgentFields {
     prologue: r.prologue,
     context_policy: r.context_policy,
     metadata: r.metadata,
+    knowledge_base_ids: r.knowledge_base_ids,
+    retrieval: r.retrieval,
     memory: r.memory,
     concurrency_policy: policyToProto(r.concurrency_policy),
     enqueue_timeout: durationFromMs(r.enqueue_timeout_ms),
@@ -190,6 +216,32 @@ function validateAgent(f: AgentFields): void {
     },
     () => checkMetadata("agent.metadata", f.metadata),
     () => {
+      const n = f.knowledge_base_ids.length;
+      if (n > KNOWLEDGE_LIMITS.searchKnowledgeBases) {
+        throw invalidArgument("agent.knowledge_base_ids", `has ${n} ids; at most ${KNOWLEDGE_LIMITS.searchKnowledgeBases}`, "TOO_MANY");
+      }
+    },
+    () => {
+      const n = f.retrieval.top_k ?? 0;
+      if (!(Number.isInteger(n) && n >= 0 && n <= KNOWLEDGE_LIMITS.maxTopK)) {
+        throw invalidArgument("agent.retrieval.top_k", "must be between 1 and 100 (0: the default, 8)", "OUT_OF_RANGE");
+      }
+    },
+    () => {
+      const x = f.retrieval.similarity_threshold ?? 0;
+      if (!(Number.isFinite(x) && x >= 0 && x <= 1)) {
+        throw invalidArgument("agent.retrieval.similarity_threshold", "must be between 0 and 1", "OUT_OF_RANGE");
+      }
+    },
+    () => {
+      const n = f.retrieval.max_context_tokens ?? 0;
+      if (!(Number.isInteger(n) && n >= 0 && n <= 1_000_000)) {
+        throw invalidArgument("agent.retrieval.max_context_tokens", "must be between 0 and 1,000,000 (0: the default, 4,000)", "OUT_OF_RANGE");
+      }
+    },
+    () => policyIn("agent.concurrency_policy", f.concurrency_policy),
+    () => enqueueTimeoutIn("agent.enqueue_timeout", f.enqueue_timeout),
+    () => {
       const n = mem.max_items ?? 0;
       if (n !== 0 && !(Number.isInteger(n) && n >= 1 && n <= 100)) {
         throw invalidArgument("agent.memory.max_items", "must be between 1 and 100 (0: the default, 5)", "OUT_OF_RANGE");
@@ -201,8 +253,6 @@ function validateAgent(f: AgentFields): void {
         throw invalidArgument("agent.memory.min_quality", "must be between 0 and 1", "OUT_OF_RANGE");
       }
     },
-    () => policyIn("agent.concurrency_policy", f.concurrency_policy),
-    () => enqueueTimeoutIn("agent.enqueue_timeout", f.enqueue_timeout),
   ];
   checkAll(...checks);
 }
@@ -226,6 +276,7 @@ function applyMask(current: AgentFields, req: Agent, paths: readonly string[]): 
     ...current,
     generation: { ...current.generation },
     context_policy: { ...current.context_policy },
+    retrieval: { ...current.retrieval },
     memory: { ...current.memory },
   };
   for (const path of paths) {
@@ -265,14 +316,21 @@ export function agentToProto(row: AgentRow): Agent {
       maxInputTokens: p.max_input_tokens ?? 0,
     }),
     metadata: structOut(row.metadata),
+    knowledgeBaseIds: row.knowledge_base_ids,
+    retrieval: create(RetrievalConfigSchema, {
+      topK: row.retrieval.top_k ?? 0,
+      similarityThreshold: row.retrieval.similarity_threshold ?? 0,
+      maxContextTokens: row.retrieval.max_context_tokens ?? 0,
+      ...(row.retrieval.cite !== undefined ? { cite: row.retrieval.cite } : {}),
+    }),
+    concurrencyPolicy: policyToProto(row.concurrency_policy),
+    ...(row.enqueue_timeout_ms !== null ? { enqueueTimeout: durationFromMs(row.enqueue_timeout_ms) } : {}),
     memory: create(MemoryConfigSchema, {
       enabled: m.enabled ?? false,
       maxItems: m.max_items ?? 0,
       extract: m.extract ?? false,
       ...(m.min_quality !== undefined ? { minQuality: m.min_quality } : {}),
     }),
-    concurrencyPolicy: policyToProto(row.concurrency_policy),
-    ...(row.enqueue_timeout_ms !== null ? { enqueueTimeout: durationFromMs(row.enqueue_timeout_ms) } : {}),
     createTime: ts(row.create_time),
     updateTime: ts(row.update_time),
     etag: etagOf(row.version),
@@ -289,6 +347,8 @@ function rowValues(f: AgentFields) {
     generation: JSON.stringify(f.generation),
     context_policy: JSON.stringify(f.context_policy),
     metadata: JSON.stringify(f.metadata),
+    knowledge_base_ids: JSON.stringify(f.knowledge_base_ids),
+    retrieval: JSON.stringify(f.retrieval),
     memory: JSON.stringify(f.memory),
   };
 }
@@ -302,6 +362,7 @@ export function createAgentService(deps: ServiceDeps): ServiceImpl<typeof AgentS
       if (!req.agent) throw invalidArgument("agent", "is required", "REQUIRED");
       const fields = fieldsOf(req.agent);
       validateAgent(fields);
+      fields.knowledge_base_ids = await checkKnowledgeBaseIds(db, tenantId, "agent.knowledge_base_ids", fields.knowledge_base_ids, false);
       const row = await insertAgent(db, { id: newId(), tenant_id: tenantId, ...rowValues(fields) });
       return { agent: agentToProto(row) };
     },
@@ -349,6 +410,9 @@ export function createAgentService(deps: ServiceDeps): ServiceImpl<typeof AgentS
         if (agent.etag !== "" && agent.etag !== etagOf(current.version)) throw staleEtag("agent", id);
         const next = applyMask(fieldsOfRow(current), agent, paths);
         validateAgent(next);
+        if (paths.includes("knowledge_base_ids")) {
+          next.knowledge_base_ids = await checkKnowledgeBaseIds(tx, tenantId, "agent.knowledge_base_ids", next.knowledge_base_ids, false);
+        }
         const updated = await updateAgent(tx, tenantId, id, current.version, rowValues(next));
         if (!updated) throw staleEtag("agent", id);
         return updated;

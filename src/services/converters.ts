@@ -4,12 +4,14 @@ import {
   MessageRole,
   MessageSchema,
   MessageStatus,
+  ReferencesSchema,
   UsageSchema,
   type Message,
+  type References,
   type Usage,
 } from "../../gen/parley/v1/common_pb.js";
 import { SessionSchema, SessionStatus, type Session } from "../../gen/parley/v1/session_pb.js";
-import type { MessageRoleText, MessageRow, MessageStatusText, SessionRow, UsageJson } from "../db/schema.js";
+import type { MessageRoleText, MessageRow, MessageStatusText, ReferencesJson, SessionRow, UsageJson } from "../db/schema.js";
 import { etagOf, structOut, ts } from "./convert.js";
 
 export const roleToProto: Record<MessageRoleText, MessageRole> = {
@@ -79,6 +81,7 @@ export function messageToProto(row: MessageRow): Message {
       : {}),
     askId: row.ask_id ?? "",
     model: row.model,
+    ...(row.references ? { references: referencesToProto(row.references) } : {}),
     createTime: ts(row.create_time),
     updateTime: ts(row.update_time),
   });
@@ -100,5 +103,23 @@ export function sessionToProto(row: SessionRow): Session {
     createTime: ts(row.create_time),
     updateTime: ts(row.update_time),
     etag: etagOf(row.version),
+  });
+}
+
+/** The proto References of stored references (the same records in the Ask stream and in history). */
+export function referencesToProto(r: ReferencesJson): References {
+  return create(ReferencesSchema, {
+    chunks: r.chunks.map((c) => ({
+      chunkId: c.chunk_id,
+      content: c.content,
+      documentId: c.document_id,
+      documentName: c.document_name,
+      knowledgeBaseId: c.knowledge_base_id,
+      similarity: c.similarity,
+      termSimilarity: c.term_similarity,
+      vectorSimilarity: c.vector_similarity,
+      citation: c.citation,
+    })),
+    docAggs: r.doc_aggs.map((a) => ({ documentId: a.document_id, documentName: a.document_name, count: a.count })),
   });
 }

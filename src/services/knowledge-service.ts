@@ -11,7 +11,8 @@ import {
 } from "../../gen/parley/v1/knowledge_pb.js";
 import type { ServiceDeps } from "../app.js";
 import { callerOf } from "../auth/caller.js";
-import type { DocumentRow, DocumentStatusText } from "../db/schema.js";
+import type { Kysely, Transaction } from "kysely";
+import type { Database, DocumentRow, DocumentStatusText } from "../db/schema.js";
 import { invalidArgument, notFound } from "../errors.js";
 import { requireId } from "../ids.js";
 import { CHUNKING } from "../knowledge/chunk.js";
@@ -290,7 +291,7 @@ export function createKnowledgeService(deps: KnowledgeServiceDeps): ServiceImpl<
 
     async searchKnowledge(req, ctx) {
       const { tenantId } = callerOf(ctx);
-      const ids = await checkKnowledgeBaseIds(deps, tenantId, "knowledge_base_ids", req.knowledgeBaseIds, true);
+      const ids = await checkKnowledgeBaseIds(db, tenantId, "knowledge_base_ids", req.knowledgeBaseIds, true);
       let topK: number = KNOWLEDGE_LIMITS.defaultTopK;
       let threshold = 0;
       checkAll(
@@ -319,7 +320,7 @@ export function checkQuery(field: string, query: string): void {
  * returns them normalized.
  */
 export async function checkKnowledgeBaseIds(
-  deps: Pick<ServiceDeps, "db">,
+  db: Kysely<Database> | Transaction<Database>,
   tenantId: string,
   field: string,
   ids: readonly string[],
@@ -331,7 +332,7 @@ export async function checkKnowledgeBaseIds(
   }
   const normalized = ids.map((id, i) => requireId(`${field}[${i}]`, id));
   const unique = [...new Set(normalized)];
-  const found = await existingKnowledgeBaseIds(deps.db, tenantId, unique);
+  const found = await existingKnowledgeBaseIds(db, tenantId, unique);
   const missing = unique.find((id) => !found.has(id));
   if (missing) throw notFound("knowledge_base", missing);
   return unique;
