@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { FeedbackRating, MessageRole } from "../../gen/parley/v1/common_pb.js";
+import { KnowledgeService } from "../../gen/parley/v1/knowledge_pb.js";
 import { MemoryService, MemoryType } from "../../gen/parley/v1/memory_pb.js";
 import { MessageService } from "../../gen/parley/v1/message_pb.js";
 import { AskStatus, SessionService, type AskEvent } from "../../gen/parley/v1/session_pb.js";
@@ -317,6 +318,61 @@ describe.each(backends())("tenancy on %s", (backend) => {
 
     const all = [MemoryService, StateService].flatMap((s: DescService) => s.methods.map((m) => m.name));
     expect([...covered].sort()).toEqual([...all].sort());
+    expect(await snapshot()).toBe(before);
+  });
+
+  it("keeps knowledge to its tenant: another tenant's knowledge base and document ids are NotFound, like unknown ones", async () => {
+    const kbA = t.client(KnowledgeService);
+    const otherKey = (await t.newTenant("knowledge-intruder")).key;
+    const kbB = t.client(KnowledgeService, otherKey);
+    const knowledgeBaseId = (await kbA.createKnowledgeBase({ knowledgeBase: { name: "A's" } })).knowledgeBase!.id;
+    const documentId = (
+      await kbA.createDocument({ knowledgeBaseId, document: { name: "secret.md" }, source: { case: "text", value: "# Secret\n\nThe vault code is 1234." } })
+    ).document!.id;
+    const snapshot = async () => {
+      const db = t.app.db;
+      const rows = await Promise.all([
+        db.selectFrom("knowledge_bases").select(["id", "name"]).where("tenant_id", "=", t.tenantId).orderBy("id").execute(),
+        db.selectFrom("documents").select(["id", "status"]).where("tenant_id", "=", t.tenantId).orderBy("id").execute(),
+        db.selectFrom("chunks").select(["id", "content"]).where("tenant_id", "=", t.tenantId).orderBy("id").execute(),
+      ]);
+      return JSON.stringify(rows);
+    };
+    const before = await snapshot();
+    const covered = new Set<string>();
+    const failures: string[] = [];
+    type KIds = { knowledgeBaseId: string; documentId: string };
+    async function sameAsUnknown(rpc: string, call: (ids: KIds) => Promise<unknown>) {
+      covered.add(rpc);
+      const describe = (e: ConnectError | undefined) =>
+        e ? `${Code[e.code]} ${e.findDetails(ErrorInfoSchema)[0]?.reason ?? "(no ErrorInfo)"}` : "OK";
+      const got = await errorOf(call({ knowledgeBaseId, documentId }));
+      const want = await errorOf(call({ knowledgeBaseId: newId(), documentId: newId() }));
+      if (describe(got) !== describe(want) || got?.code !== Code.NotFound) {
+        failures.push(`${rpc}: first tenant's id → ${describe(got)}, unknown id → ${describe(want)}`);
+      }
+    }
+    await sameAsUnknown("GetKnowledgeBase", (x) => kbB.getKnowledgeBase({ knowledgeBaseId: x.knowledgeBaseId }));
+    await sameAsUnknown("DeleteKnowledgeBase", (x) => kbB.deleteKnowledgeBase({ knowledgeBaseId: x.knowledgeBaseId }));
+    await sameAsUnknown("CreateDocument", (x) =>
+      kbB.createDocument({ knowledgeBaseId: x.knowledgeBaseId, document: { name: "x.md" }, source: { case: "text", value: "intruder" } }),
+    );
+    await sameAsUnknown("GetDocument", (x) => kbB.getDocument({ documentId: x.documentId }));
+    await sameAsUnknown("ListDocuments", (x) => kbB.listDocuments({ knowledgeBaseId: x.knowledgeBaseId }));
+    await sameAsUnknown("DeleteDocument", (x) => kbB.deleteDocument({ documentId: x.documentId }));
+    await sameAsUnknown("SearchKnowledge", (x) => kbB.searchKnowledge({ knowledgeBaseIds: [x.knowledgeBaseId], query: "vault code" }));
+    // Agents of the second tenant cannot be pointed at the first tenant's knowledge base either.
+    await sameAsUnknown("CreateAgent", (x) => t.client(AgentService, otherKey).createAgent({ agent: { name: "b", knowledgeBaseIds: [x.knowledgeBaseId] } }));
+    expect(failures).toEqual([]);
+
+    covered.add("ListKnowledgeBases");
+    expect((await kbB.listKnowledgeBases({ pageSize: 1000 })).knowledgeBases.map((k) => k.id)).not.toContain(knowledgeBaseId);
+    covered.add("CreateKnowledgeBase");
+    const own = (await kbB.createKnowledgeBase({ knowledgeBase: { name: "B's" } })).knowledgeBase!.id;
+    expect((await kbB.searchKnowledge({ knowledgeBaseIds: [own], query: "vault code" })).chunks).toEqual([]);
+
+    const all = KnowledgeService.methods.map((m) => m.name);
+    expect([...covered].filter((m) => all.includes(m)).sort()).toEqual([...all].sort());
     expect(await snapshot()).toBe(before);
   });
 
