@@ -1,0 +1,400 @@
+// Renders a results JSON into bench/REPORT.md and its charts (Vega-Lite → SVG → PNG).
+// Run alone to re-render: `tsx bench/report.ts bench/results/<file>.json`.
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Resvg } from "@resvg/resvg-js";
+import * as vega from "vega";
+import { compile, type TopLevelSpec } from "vega-lite";
+import type { LoadResult } from "./load.js";
+
+/** One load run with what it measured and its labels. */
+export interface RunRecord extends LoadResult {
+  readonly tags: Readonly<Record<string, string | number>>;
+}
+
+/** Everything one `npm run bench` measured. */
+export interface BenchResults {
+  readonly meta: {
+    readonly startedAt: string;
+    readonly finishedAt: string;
+    readonly command: string;
+    readonly smoke: boolean;
+    readonly profile: Readonly<Record<string, unknown>>;
+    readonly machine: {
+      readonly cpus: number;
+      readonly cpuModel: string;
+      readonly memoryGiB: number;
+      readonly os: string;
+      readonly loadBefore: readonly number[];
+      readonly loadAfter: readonly number[];
+    };
+    readonly versions: Readonly<Record<string, string>>;
+    readonly poolSize: number;
+    readonly notes: readonly string[];
+  };
+  readonly runs: Readonly<Record<string, RunRecord>>;
+  readonly peers: { adk?: PeerStatus; langgraph?: PeerStatus };
+  readonly memory?: Readonly<Record<string, number>>;
+}
+
+interface PeerStatus {
+  readonly status: "ok" | "failed";
+  readonly error?: string;
+}
+
+/** One goal of the issue, as a ratio against a same-run baseline. */
+export interface Goal {
+  readonly goal: string;
+  readonly measured: string;
+  readonly baseline: string;
+  readonly ratio: number | undefined;
+  /** "≥ 0.7" or "≤ 1.2". */
+  readonly target: string;
+  readonly holds: boolean | undefined;
+}
+
+/** Versions of the runtime and of every measured package. */
+export function versionsOf(): Record<string, string> {
+  // Read from node_modules: packages whose "exports" hide package.json cannot be required for it.
+  const v = (name: string) => {
+    try {
+      const file = new URL(`../node_modules/${name}/package.json`, import.meta.url);
+      return (JSON.parse(readFileSync(file, "utf8")) as { version: string }).version;
+    } catch {
+      return "unknown";
+    }
+  };
+  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+  return {
+    node: process.version,
+    parley: pkg.version,
+    "@connectrpc/connect": v("@connectrpc/connect"),
+    "@connectrpc/connect-node": v("@connectrpc/connect-node"),
+    pg: v("pg"),
+    kysely: v("kysely"),
+    "@electric-sql/pglite": v("@electric-sql/pglite"),
+    "@google/adk": v("@google/adk"),
+    "@mikro-orm/postgresql": v("@mikro-orm/postgresql"),
+    "@langchain/langgraph-checkpoint-postgres": v("@langchain/langgraph-checkpoint-postgres"),
+  };
+}
+
+const fmt = (n: number | undefined, digits = 2) =>
+  n === undefined || !Number.isFinite(n) ? "–" : n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(digits);
+
+/** The goals of issue 5, computed from the runs of one bench. */
+export function goals(r: BenchResults): Goal[] {
+  const run = (id: string) => r.runs[id];
+  const out: Goal[] = [];
+  function atLeast(goal: string, mId: string, mVal: number | undefined, bId: string, bVal: number | undefined, min: number) {
+    const ratio = mVal !== undefined && bVal ? mVal / bVal : undefined;
+    out.push({ goal, measured: mId, baseline: bId, ratio, target: `≥ ${min}`, holds: ratio === undefined ? undefined : ratio >= min });
+  }
+  function atMost(goal: string, mId: string, mVal: number | undefined, bId: string, bVal: number | undefined, max: number) {
+    const ratio = mVal !== undefined && bVal ? mVal / bVal : undefined;
+    out.push({ goal, measured: mId, baseline: bId, ratio, target: `≤ ${max}`, holds: ratio === undefined ? undefined : ratio <= max });
+  }
+  const concs = Object.values(r.runs)
+    .filter((x) => x.tags.op === "echo")
+    .map((x) => Number(x.tags.concurrency))
+    .filter((c) => c > 1);
+  for (const c of concs) {
+    const echo = run(`echo.unary.c${c}`);
+    for (const op of ["append", "get", "list"]) {
+      const m = run(`parley.${op}.c${c}`);
+      atLeast(`Unary ${op === "append" ? "AppendMessages(1)" : op === "get" ? "GetSession" : "ListMessages(last 20)"} calls/s at c=${c} vs bare echo`, `parley.${op}.c${c}`, m?.throughput, `echo.unary.c${c}`, echo?.throughput, 0.7);
+    }
+  }
+  const batch = Object.values(r.runs).find((x) => x.tags.op === "append-batch");
+  if (batch) {
+    const c = batch.tags.concurrency;
+    const ins = run(`pg.insert.c${c}`);
+    atLeast(`Batched AppendMessages(${batch.tags.batch}) messages/s vs raw pg INSERT rows/s (c=${c})`, batch.name, batch.unitsPerSecond, `pg.insert.c${c}`, ins?.throughput, 0.5);
+  }
+  const ask1 = run("parley.ask.c1");
+  if (ask1) {
+    const p50 = ask1.marks.ttft?.p50;
+    out.push({
+      goal: "Ask overhead (TTFT − model's 0 ms) p50 at c=1, in ms",
+      measured: "parley.ask.c1",
+      baseline: "3 ms (absolute)",
+      ratio: p50 !== undefined ? p50 / 3 : undefined,
+      target: "≤ 1 (p50 ≤ 3 ms)",
+      holds: p50 !== undefined ? p50 <= 3 : undefined,
+    });
+  }
+  const askMid = Object.values(r.runs).find((x) => x.name.startsWith("parley.ask.c") && x.concurrency > 1 && run(`echo.unary.c${x.concurrency}`));
+  if (askMid) {
+    const echo = run(`echo.unary.c${askMid.concurrency}`);
+    atMost(`Ask overhead p50 at c=${askMid.concurrency} vs bare echo p50`, askMid.name, askMid.marks.ttft?.p50, `echo.unary.c${askMid.concurrency}`, echo?.latency.p50, 2);
+  }
+  const askTop = Object.values(r.runs)
+    .filter((x) => x.name.startsWith("parley.ask.c"))
+    .sort((a, b) => b.concurrency - a.concurrency)[0];
+  if (askTop) {
+    const stream = run(`echo.stream.c${askTop.concurrency}`) ?? Object.values(r.runs).find((x) => x.tags.op === "stream");
+    if (stream) atLeast(`Delivered deltas/s at ${askTop.concurrency} concurrent Asks vs bare stream messages/s`, askTop.name, askTop.unitsPerSecond, stream.name, stream.unitsPerSecond, 0.5);
+  }
+  const hist = Object.values(r.runs)
+    .filter((x) => x.name.startsWith("parley.history.list.h") && !x.name.endsWith(".full"))
+    .map((x) => Number(x.tags.history))
+    .sort((a, b) => a - b);
+  if (hist.length >= 2) {
+    const lo = hist[0]!;
+    const hi = hist.at(-1)!;
+    atMost(`Flat history: Ask overhead p50 at ${hi.toLocaleString("en-US")} messages vs ${lo}`, `parley.history.ask.h${hi}`, run(`parley.history.ask.h${hi}`)?.marks.ttft?.p50, `parley.history.ask.h${lo}`, run(`parley.history.ask.h${lo}`)?.marks.ttft?.p50, 1.2);
+    atMost(`Flat history: ListMessages p50 at ${hi.toLocaleString("en-US")} messages vs ${lo}`, `parley.history.list.h${hi}`, run(`parley.history.list.h${hi}`)?.latency.p50, `parley.history.list.h${lo}`, run(`parley.history.list.h${lo}`)?.latency.p50, 1.2);
+    const fullAsk = run(`parley.history.ask.h${lo}.full`);
+    const fullList = run(`parley.history.list.h${lo}.full`);
+    const others = Number(r.meta.profile.flatSessions) * Number(r.meta.profile.flatPerSession);
+    if (fullAsk) atMost(`Flat table: Ask overhead p50 with ${others.toLocaleString("en-US")} other messages vs empty table`, fullAsk.name, fullAsk.marks.ttft?.p50, `parley.history.ask.h${lo}`, run(`parley.history.ask.h${lo}`)?.marks.ttft?.p50, 1.2);
+    if (fullList) atMost(`Flat table: ListMessages p50 with ${others.toLocaleString("en-US")} other messages vs empty table`, fullList.name, fullList.latency.p50, `parley.history.list.h${lo}`, run(`parley.history.list.h${lo}`)?.latency.p50, 1.2);
+  }
+  if (r.memory) {
+    const kb = r.memory.bytesPerStreamHeap! / 1024;
+    out.push({
+      goal: `Server memory per open streaming Ask (${r.memory.streams} slow Asks; heap+external after GC)`,
+      measured: `${fmt(kb)} KB (RSS: ${fmt(r.memory.bytesPerStreamRss! / 1024)} KB)`,
+      baseline: "50 KB (absolute)",
+      ratio: kb / 50,
+      target: "≤ 1 (≤ 50 KB)",
+      holds: kb <= 50,
+    });
+  }
+  const peerH = Object.values(r.runs)
+    .filter((x) => x.tags.system === "adk" && x.tags.op === "append")
+    .map((x) => Number(x.tags.history))
+    .sort((a, b) => a - b);
+  const h = peerH.includes(1000) ? 1000 : peerH.at(-1);
+  if (h !== undefined) {
+    for (const [peer, min] of [["adk", 4], ["langgraph", 10]] as const) {
+      for (const op of ["append", "load"]) {
+        const p = run(`${peer}.${op}.h${h}`);
+        const m = run(`parley.peer.${op}.h${h}`);
+        const what = op === "append" ? "append a turn" : "load the last 20";
+        atLeast(`Parley vs ${peer === "adk" ? "ADK" : "LangGraph"} (in-process): ${what}/s at ${h.toLocaleString("en-US")} turns`, `parley.peer.${op}.h${h}`, m?.throughput, `${peer}.${op}.h${h}`, p?.throughput, min);
+      }
+    }
+  }
+  return out;
+}
+
+function table(headers: string[], rows: (string | number)[][]): string {
+  return [
+    `| ${headers.join(" | ")} |`,
+    `| ${headers.map(() => "---").join(" | ")} |`,
+    ...rows.map((r) => `| ${r.join(" | ")} |`),
+  ].join("\n");
+}
+
+async function png(spec: TopLevelSpec, file: string): Promise<void> {
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: "none" });
+  const svg = await view.toSVG();
+  view.finalize();
+  const image = new Resvg(svg, { background: "white", fitTo: { mode: "zoom", value: 2 }, font: { loadSystemFonts: true, defaultFontFamily: "DejaVu Sans" } }).render();
+  writeFileSync(file, image.asPng());
+}
+
+async function charts(r: BenchResults, outDir: string): Promise<string[]> {
+  const files: string[] = [];
+  const label: Record<string, string> = {
+    "parley/append": "Parley AppendMessages(1)",
+    "parley/get": "Parley GetSession",
+    "parley/list": "Parley ListMessages(last 20)",
+    "connect/echo": "bare Connect echo",
+    "pg/insert": "raw pg INSERT",
+    "pg/select": "raw pg SELECT last 20",
+  };
+  const tp = Object.values(r.runs)
+    .filter((x) => label[`${x.tags.system}/${x.tags.op}`] && x.tags.backend !== "pglite" && !x.tags.history)
+    .map((x) => ({ series: label[`${x.tags.system}/${x.tags.op}`], concurrency: x.concurrency, throughput: x.throughput }));
+  if (tp.length) {
+    await png(
+      {
+        $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+        title: "Throughput vs concurrency (calls/s, same run)",
+        width: 520,
+        height: 300,
+        data: { values: tp },
+        mark: { type: "line", point: true },
+        encoding: {
+          x: { field: "concurrency", type: "quantitative", scale: { type: "log" }, title: "concurrency" },
+          y: { field: "throughput", type: "quantitative", scale: { type: "log" }, title: "calls/s (log)" },
+          color: { field: "series", type: "nominal", title: null, legend: { labelLimit: 400, orient: "bottom", columns: 2 } },
+        },
+      },
+      join(outDir, "throughput.png"),
+    );
+    files.push("throughput.png");
+  }
+  const hist = Object.values(r.runs)
+    .filter((x) => x.tags.history !== undefined && x.tags.table !== "1M-other" && (x.tags.op === "list" || x.tags.op === "ask" || x.tags.op === "load"))
+    .map((x) => ({
+      series:
+        x.tags.system === "parley"
+          ? x.tags.op === "ask"
+            ? "Parley Ask TTFT (c=1)"
+            : x.name.startsWith("parley.peer")
+              ? `Parley ListMessages(last 20) (c=${x.concurrency})`
+              : "Parley ListMessages(last 20) (c=1)"
+          : x.tags.system === "adk"
+            ? `ADK getSession(last 20) (c=${x.concurrency})`
+            : `LangGraph getTuple (c=${x.concurrency})`,
+      history: Number(x.tags.history),
+      p50: x.tags.op === "ask" ? (x.marks.ttft?.p50 ?? x.latency.p50) : x.latency.p50,
+    }));
+  if (hist.length) {
+    await png(
+      {
+        $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+        title: "Latency p50 vs history length (ms, same run)",
+        width: 520,
+        height: 300,
+        data: { values: hist },
+        mark: { type: "line", point: true },
+        encoding: {
+          x: { field: "history", type: "quantitative", scale: { type: "log" }, title: "messages (turns) in the session" },
+          y: { field: "p50", type: "quantitative", scale: { type: "log" }, title: "p50 ms (log)" },
+          color: { field: "series", type: "nominal", title: null, legend: { labelLimit: 400, orient: "bottom", columns: 2 } },
+        },
+      },
+      join(outDir, "history.png"),
+    );
+    files.push("history.png");
+  }
+  return files;
+}
+
+/** A run's ops/s over another run's (or the inverse when invert is set, to read "Parley is N× the peer"). */
+function runTable(
+  r: BenchResults,
+  ids: string[],
+  baseline?: (x: RunRecord) => RunRecord | undefined,
+  units?: string,
+  invert = false,
+): string {
+  const rows = ids
+    .map((id) => r.runs[id])
+    .filter((x): x is RunRecord => x !== undefined)
+    .map((x) => {
+      const b = baseline?.(x);
+      return [
+        `\`${x.name}\``,
+        x.concurrency,
+        fmt(x.throughput),
+        ...(units ? [fmt(x.unitsPerSecond)] : []),
+        fmt(x.latency.p50),
+        fmt(x.latency.p99),
+        ...(x.marks.ttft ? [`${fmt(x.marks.ttft.p50)} / ${fmt(x.marks.ttft.p99)}`] : ["–"]),
+        b ? (invert ? `\`${b.name}\` is ${fmt(b.throughput / x.throughput)}×` : `${fmt(x.throughput / b.throughput)}× \`${b.name}\``) : "–",
+        x.errors,
+      ];
+    });
+  return table(
+    ["run", "c", "ops/s", ...(units ? [units] : []), "p50 ms", "p99 ms", "TTFT p50 / p99 ms", "ratio (ops/s)", "errors"],
+    rows,
+  );
+}
+
+/** Writes REPORT.md (and its PNG charts) into outDir. */
+export async function renderReport(r: BenchResults, outDir: string, jsonRel: string): Promise<void> {
+  const images = await charts(r, outDir);
+  const m = r.meta;
+  const ids = Object.keys(r.runs);
+  const by = (prefix: string) => ids.filter((id) => id.startsWith(prefix));
+  const g = goals(r);
+  const findingsFile = join(outDir, "findings.md");
+  const findings = existsSync(findingsFile) ? readFileSync(findingsFile, "utf8").trim() : "";
+  const lines: string[] = [
+    "# Parley benchmark report",
+    "",
+    "Generated by the harness (`bench/run.ts`, `bench/report.ts`) from",
+    `[\`${jsonRel}\`](${jsonRel}); do not edit by hand. Every figure is a ratio against a baseline`,
+    "measured in the same run, on the same machine, Postgres server and pool size.",
+    "",
+    `- Command: \`${m.command}\`${m.smoke ? " (smoke configuration: the numbers mean nothing)" : ""}`,
+    `- When: ${m.startedAt} → ${m.finishedAt}`,
+    `- Machine: ${m.machine.cpus} × ${m.machine.cpuModel}, ${m.machine.memoryGiB} GiB, ${m.machine.os}; load average before ${m.machine.loadBefore.map((l) => l.toFixed(2)).join(" / ")}, after ${m.machine.loadAfter.map((l) => l.toFixed(2)).join(" / ")} (shared machine)`,
+    `- Versions: ${Object.entries(m.versions).map(([k, v]) => `${k} ${v}`).join(", ")}`,
+    `- Pool size: ${m.poolSize} connections for Parley's server, the raw pg baseline and LangGraph (pg.Pool default); ADK uses MikroORM's default pool.`,
+    `- Client and server on this one machine: the load generator and the peers (in-process) run in one Node process, the Parley server (Postgres, then PGlite) in another, over gRPC (HTTP/2 cleartext) through \`createParleyClient\`.`,
+    `- Phases: warm-up ${m.profile.warmupMs} ms then ${m.profile.durationMs} ms measured per run (closed loop: each of c workers starts its next call when the previous one ends).`,
+    ...m.notes.map((n) => `- ${n}`),
+    "",
+    "## Goals",
+    "",
+    table(
+      ["goal", "measured", "baseline (same run)", "ratio", "target", "holds"],
+      g.map((x) => [x.goal, x.measured.startsWith("parley") || x.measured.startsWith("echo") ? `\`${x.measured}\`` : x.measured, x.baseline.includes(".") && !x.baseline.includes(" ") ? `\`${x.baseline}\`` : x.baseline, x.ratio === undefined ? "–" : `${fmt(x.ratio)}×`, x.target, x.holds === undefined ? "not measured" : x.holds ? "yes" : "**no**"]),
+    ),
+    "",
+    ...images.map((f) => `![${f}](${f})`),
+    "",
+    "## Baselines",
+    "",
+    "Bare Connect service (`bench/echo.ts`: unary echo; server stream of small messages) on the same one-port server",
+    "and process as Parley, without Parley's interceptors; raw `pg` with the statements Parley's repository issues.",
+    "",
+    runTable(r, [...by("echo."), ...by("pg.")], undefined, "units/s"),
+    "",
+    "## Scenario 1: AppendMessages, GetSession, ListMessages(last 20) on Postgres",
+    "",
+    runTable(r, by("parley.append").concat(by("parley.get"), by("parley.list")), (x) => r.runs[`echo.unary.c${x.concurrency}`], "messages/s"),
+    "",
+    "## Scenario 2: Ask with a zero-latency model emitting 200 tokens",
+    "",
+    "TTFT is client-observed time to the first TextDelta; the model's own time to first token is 0 (all its tokens are ready when it is called), so TTFT is Parley's overhead. Units are delivered deltas.",
+    "",
+    runTable(r, by("parley.ask."), (x) => r.runs[`echo.unary.c${x.concurrency}`], "deltas/s"),
+    "",
+    "## Scenario 3: history length (and a table full of other sessions)",
+    "",
+    "History seeded in SQL; ANALYZE after seeding. `.full` runs repeat the smallest session after the other users' messages were added. Each Ask adds two messages to its session.",
+    "",
+    runTable(r, by("parley.history."), undefined),
+    "",
+    "## Scenario 4: open streams",
+    "",
+    r.memory
+      ? table(
+          ["streams", "started", "heap+external before → during", "per stream", "RSS before → during", "RSS per stream"],
+          [[r.memory.streams!, r.memory.started!, `${fmt(r.memory.heapBefore! / 2 ** 20)} → ${fmt(r.memory.heapDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamHeap! / 1024)} KB`, `${fmt(r.memory.rssBefore! / 2 ** 20)} → ${fmt(r.memory.rssDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamRss! / 1024)} KB`]],
+        )
+      : "Not run.",
+    "",
+    "## Scenario 5: embedded PGlite against server Postgres",
+    "",
+    runTable(r, by("parley.pglite."), (x) => r.runs[x.name.replace("parley.pglite.", "parley.")], "messages/s"),
+    "",
+    "## Peers on the same Postgres, in-process, same concurrency",
+    "",
+    `ADK: ${r.peers.adk ? (r.peers.adk.status === "ok" ? "ran" : `could not run: ${r.peers.adk.error}`) : "not run"}. LangGraph: ${r.peers.langgraph ? (r.peers.langgraph.status === "ok" ? "ran" : `could not run: ${r.peers.langgraph.error}`) : "not run"}.`,
+    "Parley's side: AppendMessages(1) and ListMessages(last 20) over gRPC; ADK: `appendEvent` and `getSession({numRecentEvents: 20})`, `listSessions`; LangGraph: `put` of a checkpoint that adds one message to a messages channel, `getTuple` of the latest. Ratio: Parley's ops/s over the peer's.",
+    "",
+    runTable(
+      r,
+      [...by("parley.peer."), ...by("adk."), ...by("langgraph.")],
+      (x) =>
+        x.tags.system === "parley"
+          ? undefined
+          : r.runs[x.name === "adk.list-sessions" ? "parley.peer.list-sessions" : `parley.peer.${x.tags.op}.h${x.tags.history}`],
+      undefined,
+      true,
+    ),
+    "",
+    "## Profile findings",
+    "",
+    findings || "None recorded (bench/findings.md).",
+    "",
+  ];
+  writeFileSync(join(outDir, "REPORT.md"), lines.join("\n"));
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const file = process.argv[2];
+  if (!file) throw new Error("usage: tsx bench/report.ts bench/results/<file>.json");
+  const outDir = fileURLToPath(new URL(".", import.meta.url));
+  const results = JSON.parse(readFileSync(file, "utf8")) as BenchResults;
+  await renderReport(results, outDir, join("results", file.split("/").at(-1)!));
+}

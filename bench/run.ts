@@ -1,0 +1,632 @@
+// `npm run bench`: measures Parley against baselines run in the same process tree on the
+// same Postgres (raw pg, a bare Connect service on the same server, Google ADK, LangGraph),
+// writes bench/results/<time>.json and renders bench/REPORT.md with its charts.
+// `npm run bench -- --smoke` (or PARLEY_BENCH_SMOKE=1) runs a tiny configuration in seconds.
+import { fork, type ChildProcess } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus, totalmem, loadavg, release, platform, arch } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createClient } from "@connectrpc/connect";
+import { Command, Option } from "commander";
+import pg from "pg";
+import { v7 as uuidv7 } from "uuid";
+import { createParleyClient, MessageRole, type NodeParleyClient } from "../src/client/node.js";
+import { EchoService } from "./echo.js";
+import { runLoad, type LoadResult, type Operation } from "./load.js";
+import { FAST_MODEL, FAST_TOKEN_TEXT, FAST_TOKENS, SLOW_MODEL } from "./models.js";
+import { createAdkPeer, createLangGraphPeer } from "./peers.js";
+import { renderReport, type BenchResults, type RunRecord, versionsOf } from "./report.js";
+import type { ParentMessage, ServerMessage } from "./server.js";
+
+const benchDir = fileURLToPath(new URL(".", import.meta.url));
+
+/** Sizes of one bench run. */
+interface Profile {
+  readonly durationMs: number;
+  readonly warmupMs: number;
+  readonly concurrency: readonly number[];
+  readonly askConcurrency: readonly number[];
+  readonly history: readonly number[];
+  /** Asks per history level (each Ask adds two messages to the session). */
+  readonly historyAsks: number;
+  readonly flatSessions: number;
+  readonly flatPerSession: number;
+  readonly streams: number;
+  readonly streamMessages: number;
+  readonly batch: number;
+  readonly peerHistory: readonly number[];
+  readonly peerConcurrency: number;
+}
+
+const FULL: Profile = {
+  durationMs: 4_000,
+  warmupMs: 1_000,
+  concurrency: [1, 16, 64],
+  askConcurrency: [1, 64, 256],
+  history: [10, 10_000, 100_000],
+  historyAsks: 100,
+  flatSessions: 10_000,
+  flatPerSession: 100,
+  streams: 2_000,
+  streamMessages: FAST_TOKENS,
+  batch: 100,
+  peerHistory: [10, 1_000, 10_000],
+  peerConcurrency: 16,
+};
+
+const SMOKE: Profile = {
+  durationMs: 200,
+  warmupMs: 50,
+  concurrency: [1, 4],
+  askConcurrency: [1, 4],
+  history: [10, 200],
+  historyAsks: 3,
+  flatSessions: 20,
+  flatPerSession: 10,
+  streams: 10,
+  streamMessages: 20,
+  batch: 10,
+  peerHistory: [10, 50],
+  peerConcurrency: 2,
+};
+
+const program = new Command()
+  .name("bench")
+  .description("Parley's benchmark: ratios against baselines measured in the same run")
+  .option("--smoke", "tiny configuration that runs in seconds (CI)", process.env.PARLEY_BENCH_SMOKE === "1")
+  .addOption(
+    new Option("--database-url <url>", "Postgres server (a database of its own is created per part and dropped)")
+      .env("PARLEY_BENCH_DATABASE_URL")
+      .default(process.env.PARLEY_TEST_DATABASE_URL || "postgres://postgres@127.0.0.1:5432/postgres"),
+  )
+  .option("--out <dir>", "where the JSON, REPORT.md and the charts go", benchDir)
+  .option("--duration <ms>", "measured phase of each run", (v) => Number(v))
+  .option("--warmup <ms>", "warm-up of each run", (v) => Number(v))
+  .option("--cpu-prof <dir>", "write V8 CPU profiles of the Postgres server process into dir")
+  .option("--only <parts>", "comma-separated parts: baselines,s1,s2,s3,s4,s5,peers")
+  .option("--no-progress", "no progress bars");
+program.parse();
+const opts = program.opts<{
+  smoke: boolean;
+  databaseUrl: string;
+  out: string;
+  duration?: number;
+  warmup?: number;
+  cpuProf?: string;
+  only?: string;
+  progress: boolean;
+}>();
+const base = opts.smoke ? SMOKE : FULL;
+const profile: Profile = {
+  ...base,
+  ...(opts.duration ? { durationMs: opts.duration } : {}),
+  ...(opts.warmup !== undefined ? { warmupMs: opts.warmup } : {}),
+};
+const parts = new Set((opts.only ?? "baselines,s1,s2,s3,s4,s5,peers").split(",").map((s) => s.trim()));
+const runs: Record<string, RunRecord> = {};
+const notes: string[] = [];
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+async function load(id: string, tags: RunRecord["tags"], o: { concurrency: number; ops?: number }, make: (i: number) => Promise<Operation>): Promise<LoadResult> {
+  const r = await runLoad(
+    {
+      name: id,
+      concurrency: o.concurrency,
+      durationMs: profile.durationMs,
+      warmupMs: profile.warmupMs,
+      progress: opts.progress,
+      ...(o.ops !== undefined ? { ops: o.ops } : {}),
+    },
+    make,
+  );
+  runs[id] = { ...r, tags };
+  if (r.errors > 0) log(`  ${id}: ${r.errors} errors, first: ${r.firstError}`);
+  return r;
+}
+
+// ---------------------------------------------------------------- databases
+
+const runId = `parley_bench_${Date.now().toString(36)}`;
+const created: string[] = [];
+
+function dbUrl(name: string): string {
+  const u = new URL(opts.databaseUrl);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
+async function createDatabase(suffix: string): Promise<string> {
+  const name = `${runId}_${suffix}`;
+  const admin = new pg.Client({ connectionString: opts.databaseUrl });
+  await admin.connect();
+  try {
+    await admin.query(`create database ${name}`);
+  } finally {
+    await admin.end();
+  }
+  created.push(name);
+  return dbUrl(name);
+}
+
+async function dropDatabases(): Promise<void> {
+  const admin = new pg.Client({ connectionString: opts.databaseUrl });
+  await admin.connect();
+  try {
+    for (const name of created) await admin.query(`drop database if exists ${name} with (force)`);
+  } finally {
+    await admin.end();
+  }
+}
+
+// ---------------------------------------------------------------- server process
+
+interface BenchServer {
+  readonly url: string;
+  readonly apiKey: string;
+  readonly poolSize: number;
+  readonly kind: string;
+  readonly client: NodeParleyClient;
+  memory(): Promise<Extract<ServerMessage, { type: "memory" }>>;
+  stop(): Promise<void>;
+}
+
+async function startBenchServer(databaseUrl: string, cpuProfDir?: string): Promise<BenchServer> {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!/^(PARLEY_|DATABASE_URL$|PORT$|HOST$|OPENAI_|ANTHROPIC_)/.test(k)) env[k] = v;
+  }
+  const child: ChildProcess = fork(join(benchDir, "server.ts"), [], {
+    execArgv: [
+      "--import",
+      "tsx",
+      "--expose-gc",
+      ...(cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${cpuProfDir}`] : []),
+    ],
+    env: { ...env, DATABASE_URL: databaseUrl, PARLEY_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const ready = await new Promise<Extract<ServerMessage, { type: "ready" }>>((resolve, reject) => {
+    child.on("message", (m: ServerMessage) => {
+      if (m.type === "ready") resolve(m);
+    });
+    void exited.then((code) => reject(new Error(`bench server exited with ${code} before it was ready`)));
+  });
+  const client = createParleyClient({ baseUrl: ready.url, apiKey: ready.apiKey, transport: "grpc" });
+  return {
+    url: ready.url,
+    apiKey: ready.apiKey,
+    poolSize: ready.poolSize,
+    kind: ready.databaseKind,
+    client,
+    memory() {
+      return new Promise((resolve) => {
+        const on = (m: ServerMessage) => {
+          if (m.type !== "memory") return;
+          child.off("message", on);
+          resolve(m);
+        };
+        child.on("message", on);
+        child.send({ type: "memory" } satisfies ParentMessage);
+      });
+    },
+    async stop() {
+      client.close();
+      child.send({ type: "stop" } satisfies ParentMessage);
+      const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+// ---------------------------------------------------------------- Parley helpers
+
+const CONTENT = "a user turn of the benchmark, about as long as a short chat message";
+
+async function newAgent(client: NodeParleyClient, model: string): Promise<string> {
+  const res = await client.agents.createAgent({ agent: { name: `bench ${model}`, model, instructions: "Answer." } });
+  return res.agent!.id;
+}
+
+async function newSession(client: NodeParleyClient, agentId: string, userId = `user-${uuidv7()}`): Promise<string> {
+  const res = await client.sessions.createSession({ session: { agentId, userId, name: "bench" } });
+  return res.session!.id;
+}
+
+/** Adds `n` messages to a session directly in SQL (seeding history is not what is measured). */
+async function seedHistory(pool: pg.Pool, sessionId: string, n: number): Promise<void> {
+  await pool.query(
+    `insert into messages (id, tenant_id, session_id, seq, role, content, status)
+     select gen_random_uuid(), s.tenant_id, s.id, s.last_seq + g,
+            case when g % 2 = 1 then 'user' else 'assistant' end, $3, 'complete'
+     from sessions s, generate_series(1, $2::int) g where s.id = $1`,
+    [sessionId, n, CONTENT],
+  );
+  await pool.query(
+    `update sessions set last_seq = last_seq + $2, message_count = message_count + $2, last_message_time = now() where id = $1`,
+    [sessionId, n],
+  );
+}
+
+function askOp(client: NodeParleyClient, sessionId: string): Operation {
+  return async (rec) => {
+    const t0 = performance.now();
+    let first = -1;
+    let chars = 0;
+    for await (const ev of client.ask({ sessionId, content: CONTENT })) {
+      const c = ev.event.case;
+      if (c === "textDelta") {
+        if (first < 0) first = performance.now() - t0;
+        chars += ev.event.value.text.length;
+      } else if (c === "failed" || c === "cancelled" || c === "interrupted") {
+        throw new Error(`Ask ended as ${c}`);
+      }
+    }
+    // The server may coalesce deltas into fewer events (askDeltaCoalesceMs): count the model's tokens delivered.
+    const deltas = chars / FAST_TOKEN_TEXT.length;
+    if (deltas !== FAST_TOKENS) throw new Error(`Ask delivered ${deltas} tokens, not ${FAST_TOKENS}`);
+    // The model emits its first token as soon as it is called: its own time to first token is 0.
+    rec.mark("ttft", first);
+    return deltas;
+  };
+}
+
+function listOp(client: NodeParleyClient, sessionId: string): Operation {
+  return async () => {
+    const res = await client.messages.listMessages({ sessionId, descending: true, pageSize: 20 });
+    if (res.messages.length === 0) throw new Error("ListMessages returned nothing");
+  };
+}
+
+function appendOp(client: NodeParleyClient, sessionId: string, n = 1): Operation {
+  const messages = Array.from({ length: n }, () => ({ role: MessageRole.USER, content: CONTENT }));
+  return async () => {
+    await client.messages.appendMessages({ sessionId, messages });
+    return n;
+  };
+}
+
+// ---------------------------------------------------------------- parts
+
+async function baselines(server: BenchServer, pool: pg.Pool, agentId: string): Promise<void> {
+  const echo = createClient(EchoService, server.client.transport);
+  for (const c of profile.concurrency) {
+    await load(`echo.unary.c${c}`, { system: "connect", op: "echo", concurrency: c }, { concurrency: c }, async () => async () => {
+      await echo.echo({ text: CONTENT });
+    });
+  }
+  // At the highest Ask concurrency (the deltas/s goal compares the two), and at 16 in a full run.
+  for (const c of new Set([...(opts.smoke ? [] : [16]), profile.askConcurrency.at(-1)!])) {
+    await load(
+      `echo.stream.c${c}`,
+      { system: "connect", op: "stream", concurrency: c },
+      { concurrency: c },
+      async () => async () => {
+        let n = 0;
+        for await (const m of echo.stream({ text: "tok ", count: profile.streamMessages })) n += m.text.length > 0 ? 1 : 0;
+        return n;
+      },
+    );
+  }
+  // The database ceiling: the statements Parley's repos issue, straight through pg with the same pool size.
+  for (const c of profile.concurrency) {
+    await load(`pg.insert.c${c}`, { system: "pg", op: "insert", concurrency: c }, { concurrency: c }, async () => {
+      const sessionId = await newSession(server.client, agentId);
+      const { rows } = await pool.query<{ tenant_id: string }>("select tenant_id from sessions where id = $1", [sessionId]);
+      const tenantId = rows[0]!.tenant_id;
+      let seq = 0;
+      return async () => {
+        seq++;
+        await pool.query(
+          `insert into messages (id, tenant_id, session_id, seq, role, content, status, metadata, model)
+           values ($1, $2, $3, $4, 'user', $5, 'complete', '{}', '') returning *`,
+          [uuidv7(), tenantId, sessionId, seq, CONTENT],
+        );
+      };
+    });
+  }
+  for (const c of profile.concurrency) {
+    await load(`pg.select.c${c}`, { system: "pg", op: "select", concurrency: c }, { concurrency: c }, async () => {
+      const sessionId = await newSession(server.client, agentId);
+      await seedHistory(pool, sessionId, 40);
+      const { rows } = await pool.query<{ tenant_id: string }>("select tenant_id from sessions where id = $1", [sessionId]);
+      const tenantId = rows[0]!.tenant_id;
+      return async () => {
+        await pool.query(
+          "select * from messages where session_id = $1 and tenant_id = $2 order by seq desc limit 20",
+          [sessionId, tenantId],
+        );
+      };
+    });
+  }
+}
+
+async function scenario1(server: BenchServer, agentId: string, backend: string, pool?: pg.Pool): Promise<void> {
+  const p = `parley${backend === "pglite" ? ".pglite" : ""}`;
+  const tags = (op: string, c: number) => ({ system: "parley", backend, op, concurrency: c });
+  for (const c of profile.concurrency) {
+    await load(`${p}.append.c${c}`, tags("append", c), { concurrency: c }, async () =>
+      appendOp(server.client, await newSession(server.client, agentId)),
+    );
+  }
+  const readSessions: string[] = [];
+  async function readSession(i: number): Promise<string> {
+    while (readSessions.length <= i) {
+      const id = await newSession(server.client, agentId);
+      if (pool) await seedHistory(pool, id, 40);
+      else await appendOp(server.client, id, 40)({ mark() {} });
+      readSessions.push(id);
+    }
+    return readSessions[i]!;
+  }
+  for (const c of profile.concurrency) {
+    await load(`${p}.get.c${c}`, tags("get", c), { concurrency: c }, async (i) => {
+      const sessionId = await readSession(i);
+      return async () => {
+        await server.client.sessions.getSession({ sessionId });
+      };
+    });
+  }
+  for (const c of profile.concurrency) {
+    await load(`${p}.list.c${c}`, tags("list", c), { concurrency: c }, async (i) =>
+      listOp(server.client, await readSession(i)),
+    );
+  }
+  if (backend === "postgres") {
+    const c = profile.concurrency.includes(16) ? 16 : profile.concurrency.at(-1)!;
+    await load(`${p}.append-batch.c${c}`, { ...tags("append-batch", c), batch: profile.batch }, { concurrency: c }, async () =>
+      appendOp(server.client, await newSession(server.client, agentId), profile.batch),
+    );
+  }
+}
+
+async function scenario2(server: BenchServer, agentId: string): Promise<void> {
+  for (const c of profile.askConcurrency) {
+    await load(`parley.ask.c${c}`, { system: "parley", op: "ask", concurrency: c }, { concurrency: c }, async () =>
+      askOp(server.client, await newSession(server.client, agentId)),
+    );
+  }
+}
+
+async function scenario3(url: string): Promise<void> {
+  const server = await startBenchServer(url);
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  try {
+    const agentId = await newAgent(server.client, FAST_MODEL);
+    const sessions = new Map<number, string>();
+    for (const h of profile.history) {
+      const id = await newSession(server.client, agentId);
+      await seedHistory(pool, id, h);
+      sessions.set(h, id);
+    }
+    await pool.query("analyze messages");
+    async function measure(suffix: string, h: number): Promise<void> {
+      const id = sessions.get(h)!;
+      const tags = { system: "parley", history: h, table: suffix === "" ? "empty" : "1M-other" };
+      await load(`parley.history.list.h${h}${suffix}`, { ...tags, op: "list", concurrency: 1 }, { concurrency: 1 }, async () =>
+        listOp(server.client, id),
+      );
+      await load(
+        `parley.history.ask.h${h}${suffix}`,
+        { ...tags, op: "ask", concurrency: 1 },
+        { concurrency: 1, ops: profile.historyAsks },
+        async () => askOp(server.client, id),
+      );
+    }
+    for (const h of profile.history) await measure("", h);
+    // The flat-table check: the smallest session again, with many messages of other users in the table.
+    const t0 = performance.now();
+    const { rows } = await pool.query<{ tenant_id: string }>("select tenant_id from sessions where id = $1", [
+      sessions.get(profile.history[0]!)!,
+    ]);
+    await pool.query(
+      `insert into sessions (id, tenant_id, agent_id, user_id, name, message_count, last_seq)
+       select gen_random_uuid(), $1, $2, 'other-' || g, 'other', $4, $4 from generate_series(1, $3::int) g`,
+      [rows[0]!.tenant_id, agentId, profile.flatSessions, profile.flatPerSession],
+    );
+    await pool.query(
+      `insert into messages (id, tenant_id, session_id, seq, role, content, status)
+       select gen_random_uuid(), s.tenant_id, s.id, g, case when g % 2 = 1 then 'user' else 'assistant' end, $1, 'complete'
+       from sessions s, generate_series(1, $2::int) g where s.user_id like 'other-%'`,
+      [CONTENT, profile.flatPerSession],
+    );
+    await pool.query("analyze");
+    log(`  seeded ${profile.flatSessions * profile.flatPerSession} messages of other users in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    await measure(".full", profile.history[0]!);
+  } finally {
+    await pool.end();
+    await server.stop();
+  }
+}
+
+async function scenario4(server: BenchServer, agentId: string): Promise<Record<string, number>> {
+  const n = profile.streams;
+  const sessions: string[] = [];
+  for (let i = 0; i < n; i += 50) {
+    sessions.push(...(await Promise.all(Array.from({ length: Math.min(50, n - i) }, () => newSession(server.client, agentId)))));
+  }
+  const before = await server.memory();
+  const abort = new AbortController();
+  let started = 0;
+  let allStarted!: () => void;
+  const startedAll = new Promise<void>((r) => (allStarted = r));
+  const streams = sessions.map(async (sessionId) => {
+    try {
+      let first = true;
+      for await (const ev of server.client.ask({ sessionId, content: CONTENT }, { signal: abort.signal })) {
+        if (ev.event.case === "textDelta" && first) {
+          first = false;
+          if (++started === n) allStarted();
+        }
+      }
+    } catch {
+      // Aborted by the bench.
+    }
+  });
+  const timeout = setTimeout(allStarted, 120_000);
+  await startedAll;
+  clearTimeout(timeout);
+  // Let a few tokens flow through every stream before measuring.
+  await new Promise((r) => setTimeout(r, 1_000));
+  const during = await server.memory();
+  abort.abort();
+  await Promise.all(streams);
+  const heap = (m: typeof before) => m.heapUsed + m.external + m.arrayBuffers;
+  return {
+    streams: n,
+    started,
+    rssBefore: before.rss,
+    rssDuring: during.rss,
+    heapBefore: heap(before),
+    heapDuring: heap(during),
+    bytesPerStreamHeap: (heap(during) - heap(before)) / n,
+    bytesPerStreamRss: (during.rss - before.rss) / n,
+  };
+}
+
+async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: string): Promise<BenchResults["peers"]> {
+  const c = profile.peerConcurrency;
+  const status: BenchResults["peers"] = {};
+  // Parley at the same history lengths and concurrency, for the side-by-side ratios.
+  for (const h of profile.peerHistory) {
+    const seeded = async () => {
+      const id = await newSession(parleyServer.client, agentId);
+      if (h > 0) await seedHistory(parleyPool, id, h);
+      return id;
+    };
+    const tags = (op: string) => ({ system: "parley", op, history: h, concurrency: c });
+    await load(`parley.peer.append.h${h}`, tags("append"), { concurrency: c }, async () =>
+      appendOp(parleyServer.client, await seeded()),
+    );
+    await load(`parley.peer.load.h${h}`, tags("load"), { concurrency: c }, async () =>
+      listOp(parleyServer.client, await seeded()),
+    );
+  }
+  {
+    const tags = { system: "parley", op: "list-sessions", history: profile.peerHistory[0]!, concurrency: c };
+    await load(`parley.peer.list-sessions`, tags, { concurrency: c }, async () => {
+      const userId = `user-${uuidv7()}`;
+      await newSession(parleyServer.client, agentId, userId);
+      return async () => {
+        await parleyServer.client.sessions.listSessions({ userId });
+      };
+    });
+  }
+  try {
+    const adk = await createAdkPeer(await createDatabase("adk"));
+    try {
+      for (const h of profile.peerHistory) {
+        const tags = (op: string) => ({ system: "adk", op, history: h, concurrency: c });
+        await load(`adk.append.h${h}`, tags("append"), { concurrency: c }, () => adk.appendWorker(h));
+        await load(`adk.load.h${h}`, tags("load"), { concurrency: c }, () => adk.loadWorker(h));
+      }
+      const h = profile.peerHistory[0]!;
+      await load(`adk.list-sessions`, { system: "adk", op: "list-sessions", history: h, concurrency: c }, { concurrency: c }, () =>
+        adk.listWorker(h),
+      );
+      status.adk = { status: "ok" };
+    } finally {
+      await adk.close();
+    }
+  } catch (err) {
+    status.adk = { status: "failed", error: err instanceof Error ? err.message : String(err) };
+    log(`ADK failed: ${status.adk.error}`);
+  }
+  try {
+    const lg = await createLangGraphPeer(await createDatabase("langgraph"));
+    try {
+      for (const h of profile.peerHistory) {
+        const tags = (op: string) => ({ system: "langgraph", op, history: h, concurrency: c });
+        await load(`langgraph.append.h${h}`, tags("append"), { concurrency: c }, () => lg.appendWorker(h));
+        await load(`langgraph.load.h${h}`, tags("load"), { concurrency: c }, () => lg.loadWorker(h));
+      }
+      status.langgraph = { status: "ok" };
+    } finally {
+      await lg.close();
+    }
+  } catch (err) {
+    status.langgraph = { status: "failed", error: err instanceof Error ? err.message : String(err) };
+    log(`LangGraph failed: ${status.langgraph.error}`);
+  }
+  return status;
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const startedAt = new Date();
+  const loadBefore = loadavg();
+  log(`bench ${opts.smoke ? "(smoke) " : ""}on ${opts.databaseUrl.replace(/\/\/[^@]*@/, "//…@")}, load ${loadBefore.map((l) => l.toFixed(2)).join(" ")}`);
+  let memory: Record<string, number> | undefined;
+  let peerStatus: BenchResults["peers"] = {};
+  let poolSize = 0;
+  let postgresVersion = "";
+  try {
+    const mainUrl = await createDatabase("main");
+    const server = await startBenchServer(mainUrl, opts.cpuProf);
+    poolSize = server.poolSize;
+    const pool = new pg.Pool({ connectionString: mainUrl, max: server.poolSize });
+    postgresVersion = (await pool.query<{ v: string }>("select current_setting('server_version') as v")).rows[0]!.v;
+    try {
+      const fast = await newAgent(server.client, FAST_MODEL);
+      if (parts.has("baselines")) await baselines(server, pool, fast);
+      if (parts.has("s1")) await scenario1(server, fast, "postgres", pool);
+      if (parts.has("s2")) await scenario2(server, fast);
+      if (parts.has("peers")) peerStatus = await peers(server, pool, fast);
+      if (parts.has("s4")) memory = await scenario4(server, await newAgent(server.client, SLOW_MODEL));
+    } finally {
+      await pool.end();
+      await server.stop();
+    }
+    if (parts.has("s3")) await scenario3(await createDatabase("history"));
+    if (parts.has("s5")) {
+      const lite = await startBenchServer("memory://");
+      try {
+        await scenario1(lite, await newAgent(lite.client, FAST_MODEL), "pglite");
+      } finally {
+        await lite.stop();
+      }
+    }
+  } finally {
+    await dropDatabases().catch((err: unknown) => log(`could not drop the bench databases: ${String(err)}`));
+  }
+  const results: BenchResults = {
+    meta: {
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
+      smoke: opts.smoke,
+      profile: { ...profile },
+      machine: {
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model ?? "unknown",
+        memoryGiB: Math.round(totalmem() / 2 ** 30),
+        os: `${platform()} ${release()} ${arch()}`,
+        loadBefore,
+        loadAfter: loadavg(),
+      },
+      versions: { ...versionsOf(), postgres: postgresVersion },
+      poolSize,
+      notes,
+    },
+    runs,
+    peers: peerStatus,
+    ...(memory ? { memory } : {}),
+  };
+  mkdirSync(join(opts.out, "results"), { recursive: true });
+  const name = opts.smoke ? "smoke.json" : `${startedAt.toISOString().replace(/[:.]/g, "-")}.json`;
+  const file = join(opts.out, "results", name);
+  writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+  await renderReport(results, opts.out, join("results", name));
+  log(`wrote ${file}, ${join(opts.out, "REPORT.md")}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
