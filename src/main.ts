@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { CliError } from "./cli/common.js";
 import { runChat } from "./cli/chat.js";
+import { runKbAdd } from "./cli/kb.js";
 import { createKeyCommand, listKeysCommand, revokeKeyCommand } from "./cli/keys.js";
 import { migrateCommand } from "./cli/migrate.js";
 import { serveCommand } from "./cli/serve.js";
@@ -123,6 +124,26 @@ export function createProgram(): Command {
         });
       },
     );
+
+  const kb = program.command("kb").description("manage knowledge bases on a running server");
+  kb.command("add")
+    .description("add files (text, Markdown, HTML, PDF) to a knowledge base, with progress")
+    .argument("<files...>", "the files to add")
+    .option("--kb <id|name>", "knowledge base id, or a name (created when missing)", "Default")
+    .option("--url <url>", "the server (default http://127.0.0.1:$PORT)")
+    .option("--key <key>", "API key (default: PARLEY_API_KEY, then <data dir>/admin.key)")
+    .option("--no-progress", "print one line per file instead of progress bars")
+    .action(async (files: string[], opts: { kb: string; url?: string; key?: string; progress: boolean }) => {
+      const c = config();
+      await runKbAdd({
+        url: opts.url ?? `http://127.0.0.1:${c.port}`,
+        files,
+        knowledgeBase: opts.kb,
+        dataDir: c.dataDir,
+        ...(opts.key ? { apiKey: opts.key } : {}),
+        ...(opts.progress ? {} : { progress: false }),
+      });
+    });
 
   return program;
 }

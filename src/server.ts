@@ -9,8 +9,12 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import cors from "cors";
 import type { App } from "./app.js";
 
-/** Largest request or response message an RPC may carry. */
-export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
+/**
+ * Largest request or response message an RPC may carry: a CreateDocument with
+ * a 16 MiB document plus room for its other fields. Larger messages are
+ * refused by the transport with RESOURCE_EXHAUSTED.
+ */
+export const MAX_MESSAGE_BYTES = 17 * 1024 * 1024;
 
 /** How long close() waits, after the Asks are drained, for other requests to end before cutting connections. */
 const REQUEST_DRAIN_MS = 5_000;
