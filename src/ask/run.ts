@@ -110,9 +110,14 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     pendingText = "";
     return append({ case: "textDelta", value: { text } });
   };
+  // The first delta is never held back: coalescing must not add its window to the time to first token.
+  let firstDeltaSent = false;
   const emitText = (text: string): Promise<void> => {
     const window = deps.coalesceMs ?? 0;
-    if (window <= 0) return append({ case: "textDelta", value: { text } });
+    if (window <= 0 || !firstDeltaSent) {
+      firstDeltaSent = true;
+      return append({ case: "textDelta", value: { text } });
+    }
     pendingText += text;
     coalesceTimer ??= setTimeout(() => {
       flushText().catch((err: unknown) => log.warn({ err, askId }, "logging a text delta failed"));
