@@ -96,7 +96,7 @@ export async function chunkDocument(
         onlyOverlap = false;
       }
     }
-    for (const fitted of splitToFit(block.text, size, tokenizer)) {
+    for (const fitted of splitToFit(block.text, size, Math.max(size - overlap, 1), tokenizer)) {
       const piece: Piece = block.heading !== undefined ? { ...fitted, heading: true } : fitted;
       if (currentTokens + piece.tokens + separatorTokens > size && current.length > 0) {
         emit(true);
@@ -135,8 +135,12 @@ function overlapTail(pieces: readonly Piece[], overlap: number, tokenizer: Token
   return text === "" ? [] : [{ text, tokens: tokens.length }];
 }
 
-/** A block as pieces of at most `size` tokens: whole, else its sentences, else token windows. */
-function splitToFit(text: string, size: number, tokenizer: Tokenizer): Piece[] {
+/**
+ * A block as pieces: whole when it fits in `size` tokens, else its sentences
+ * joined into pieces of at most `pieceMax` tokens (room is left for the
+ * overlap), and a sentence larger than that as token windows.
+ */
+function splitToFit(text: string, size: number, pieceMax: number, tokenizer: Tokenizer): Piece[] {
   const tokens = tokenizer.encode(text).length;
   if (tokens <= size) return [{ text, tokens }];
   const out: Piece[] = [];
@@ -144,17 +148,17 @@ function splitToFit(text: string, size: number, tokenizer: Tokenizer): Piece[] {
     const s = segment.trim();
     if (s === "") continue;
     const ids = tokenizer.encode(s);
-    if (ids.length <= size) {
+    if (ids.length <= pieceMax) {
       // Sentences are joined back into pieces as large as fit, so a chunk is not a list of fragments.
       const prev = out[out.length - 1];
-      if (prev && prev.tokens + ids.length + 1 <= size && !prev.text.endsWith("\n")) {
+      if (prev && prev.tokens + ids.length + 1 <= pieceMax && !prev.text.endsWith("\n")) {
         const joined = `${prev.text} ${s}`;
         out[out.length - 1] = { text: joined, tokens: tokenizer.encode(joined).length };
       } else out.push({ text: s, tokens: ids.length });
       continue;
     }
-    for (let i = 0; i < ids.length; i += size) {
-      const window = ids.slice(i, i + size);
+    for (let i = 0; i < ids.length; i += pieceMax) {
+      const window = ids.slice(i, i + pieceMax);
       out.push({ text: tokenizer.decode(window), tokens: window.length });
     }
   }
