@@ -3,7 +3,7 @@ import type { Kysely } from "kysely";
 import type { Message } from "../../gen/parley/v1/common_pb.js";
 import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
 import type { EventLog } from "../bus/event-log.js";
-import type { Database, UsageJson } from "../db/schema.js";
+import type { Database, ReferencesJson, UsageJson } from "../db/schema.js";
 import type { Logger } from "../log.js";
 import { finishAsk, flushContent, renewLeaseAndCheckCancel, type AskOutcome, type AskTarget } from "../repos/asks.js";
 import { lastMessages } from "../repos/messages.js";
@@ -158,6 +158,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     let usage: UsageJson | null = null;
     let failure: AskFailure | undefined;
     let sawFinish = false;
+    let references: ReferencesJson | undefined;
 
     // Partial content goes to the database on a timer, never per token.
     let flushedLength = 0;
@@ -205,6 +206,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
       const context = await loadContext();
       // References go out (and are stored with the answer) before the first text delta.
       const refs = context.knowledge.references;
+      references = refs;
       if (refs && !abort.signal.aborted) {
         if (spec.assistantMessageId) await setMessageReferences(db, tenantId, spec.assistantMessageId, refs);
         await emit({ case: "references", value: { references: referencesToProto(refs) } });
@@ -281,6 +283,8 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
             usage,
             time: new Date(),
           });
+    // An answer that is not stored (store=false) still carries what the References event said.
+    if (references && !message.references) message.references = referencesToProto(references);
 
     try {
       const u = usageToProto(usage);

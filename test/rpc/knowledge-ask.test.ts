@@ -101,6 +101,15 @@ describe.each(backends())("Ask with knowledge on %s (embedded defaults: builtin:
     expect(history.find((m) => m.role !== assistant.role)!.references).toBeUndefined();
   });
 
+  it("store=false: the Completed message carries the same references as the event", async () => {
+    const sessionId = await newSession({ name: "Unstored", knowledgeBaseIds: [kbId] });
+    const events = await collect(sessions.ask({ sessionId, content: "How often must the pellet boiler be cleaned?", store: false }));
+    const refs = events.find((e) => e.event.case === "references")!.event.value as { references?: unknown };
+    const completed = events.at(-1)!.event;
+    if (completed.case !== "completed") throw new Error("expected Completed");
+    expect(completed.value.message!.references).toEqual(refs.references);
+  });
+
   it("says plainly when nothing relevant is found, with how to configure an LLM", async () => {
     const sessionId = await newSession({ name: "Gardener 2", knowledgeBaseIds: [kbId] });
     const events = await collect(sessions.ask({ sessionId, content: "Who won the football world cup in 1954?" }));
