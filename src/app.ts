@@ -98,6 +98,10 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     ingestor.failAbandoned().catch((err: unknown) => log.warn({ err }, "checking for abandoned document ingestions failed"));
     // Redis (when configured) may be down at start: the bus connects in the background.
     const bus: Bus = createBus(config, log, { sizeOf: eventSize });
+    // A short wait, so that the first Asks already reach the shared log; past it, start degraded.
+    if (bus.redis && !(await bus.redis.ready(3_000))) {
+      log.warn("Redis is not reachable yet: starting degraded (Asks stay on this replica until it is)");
+    }
     const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
     // Session changes reach every replica through Postgres NOTIFY (see session-feed.ts).
     const feed = await createSessionFeed(database.listen, log);

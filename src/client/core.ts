@@ -36,7 +36,8 @@ export interface AskOptions {
    * with ResumeAsk from the last event received, up to this many times in a row.
    * Default 5; 0 turns resuming off. While resuming is on, the Ask runs as a
    * background Ask (so that a dropped connection does not cancel it) and
-   * aborting options.signal cancels it with CancelAsk.
+   * aborting options.signal cancels it with CancelAsk (an abort before the
+   * Started event arrived cannot name the Ask: it then runs to its end).
    */
   readonly maxResumes?: number;
   /** Pause before the n-th resume in a row: min(250 ms * 2^(n-1), 4 s) by default. */
@@ -117,9 +118,11 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
       let lastSeq = 0n;
       let resumes = 0;
       let ended = false;
-      // A dropped connection must not cancel the Ask we mean to resume; the caller's abort still does.
+      // A dropped connection must not cancel the Ask we mean to resume; the caller's abort still
+      // does, and ask() returns only once the server has stopped it (the session is free again).
+      let cancelling: Promise<unknown> | undefined;
       const onAbort = () => {
-        if (askId && !ended) sessions.cancelAsk({ askId }, { headers, timeoutMs: 5_000 }).catch(() => {});
+        if (askId && !ended) cancelling = sessions.cancelAsk({ askId }, { headers, timeoutMs: 5_000 }).catch(() => {});
       };
       if (maxResumes > 0) signal?.addEventListener("abort", onAbort, { once: true });
       try {
@@ -154,6 +157,7 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
         }
       } finally {
         signal?.removeEventListener("abort", onAbort);
+        await cancelling;
       }
     },
   };
