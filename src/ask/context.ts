@@ -1,6 +1,7 @@
 import type { ModelMessage } from "ai";
 import { Tiktoken } from "js-tiktoken/lite";
 import o200kBase from "js-tiktoken/ranks/o200k_base";
+import { LRUCache } from "lru-cache";
 import type { MessageRoleText, MessageStatusText } from "../db/schema.js";
 
 /** Counts the tokens of a text. */
@@ -8,12 +9,26 @@ export interface TokenCounter {
   count(text: string): number;
 }
 
-/** The o200k_base tokenizer (GPT-4o family): a fair measure for any model's context budget. */
-export function createTokenCounter(): TokenCounter {
+/** Texts shorter than this are tokenized every time: caching them saves less than the lookup costs. */
+const MEMO_MIN_CHARS = 64;
+
+/**
+ * The o200k_base tokenizer (GPT-4o family): a fair measure for any model's context budget.
+ * Counts are remembered (up to memoChars characters of text, least recently used first out):
+ * every turn measures the same recent history again, and tokenizing it was most of an Ask's CPU.
+ */
+export function createTokenCounter(memoChars = 8 * 1024 * 1024): TokenCounter {
   const enc = new Tiktoken(o200kBase);
+  const memo = new LRUCache<string, number>({ maxSize: memoChars, sizeCalculation: (_, text) => text.length });
+  // Special-token text typed by a user (e.g. "<|endoftext|>") is ordinary text here, not an error.
+  const encode = (text: string) => enc.encode(text, [], []).length;
   return {
-    // Special-token text typed by a user (e.g. "<|endoftext|>") is ordinary text here, not an error.
-    count: (text) => enc.encode(text, [], []).length,
+    count(text) {
+      if (text.length < MEMO_MIN_CHARS || text.length > memoChars / 8) return encode(text);
+      let n = memo.get(text);
+      if (n === undefined) memo.set(text, (n = encode(text)));
+      return n;
+    },
   };
 }
 
