@@ -83,6 +83,8 @@ const program = new Command()
   .option("--out <dir>", "where the JSON, REPORT.md and the charts go", benchDir)
   .option("--duration <ms>", "measured phase of each run", (v) => Number(v))
   .option("--warmup <ms>", "warm-up of each run", (v) => Number(v))
+  .option("--concurrency <list>", "concurrency levels of scenario 1 and the baselines, e.g. 1,16,64", (v) => v.split(",").map(Number))
+  .option("--ask-concurrency <list>", "concurrent Asks of scenario 2, e.g. 1,64,256", (v) => v.split(",").map(Number))
   .option("--cpu-prof <dir>", "write V8 CPU profiles of the Postgres server process into dir")
   .option("--only <parts>", "comma-separated parts: baselines,s1,s2,s3,s4,s5,peers")
   .option("--no-progress", "no progress bars");
@@ -95,6 +97,8 @@ const opts = program.opts<{
   warmup?: number;
   cpuProf?: string;
   only?: string;
+  concurrency?: number[];
+  askConcurrency?: number[];
   progress: boolean;
 }>();
 const base = opts.smoke ? SMOKE : FULL;
@@ -102,18 +106,25 @@ const profile: Profile = {
   ...base,
   ...(opts.duration ? { durationMs: opts.duration } : {}),
   ...(opts.warmup !== undefined ? { warmupMs: opts.warmup } : {}),
+  ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
+  ...(opts.askConcurrency ? { askConcurrency: opts.askConcurrency } : {}),
 };
 const parts = new Set((opts.only ?? "baselines,s1,s2,s3,s4,s5,peers").split(",").map((s) => s.trim()));
 const runs: Record<string, RunRecord> = {};
 const notes: string[] = [];
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
-async function load(id: string, tags: RunRecord["tags"], o: { concurrency: number; ops?: number }, make: (i: number) => Promise<Operation>): Promise<LoadResult> {
+async function load(
+  id: string,
+  tags: RunRecord["tags"],
+  o: { concurrency: number; ops?: number; durationMs?: number },
+  make: (i: number) => Promise<Operation>,
+): Promise<LoadResult> {
   const r = await runLoad(
     {
       name: id,
       concurrency: o.concurrency,
-      durationMs: profile.durationMs,
+      durationMs: o.durationMs ?? profile.durationMs,
       warmupMs: profile.warmupMs,
       progress: opts.progress,
       ...(o.ops !== undefined ? { ops: o.ops } : {}),
@@ -384,7 +395,9 @@ async function scenario1(server: BenchServer, agentId: string, backend: string, 
 
 async function scenario2(server: BenchServer, agentId: string): Promise<void> {
   for (const c of profile.askConcurrency) {
-    await load(`parley.ask.c${c}`, { system: "parley", op: "ask", concurrency: c }, { concurrency: c }, async () =>
+    // At high concurrency one Ask takes seconds: a longer phase so that many complete inside it.
+    const durationMs = c > 16 ? profile.durationMs * 3 : profile.durationMs;
+    await load(`parley.ask.c${c}`, { system: "parley", op: "ask", concurrency: c }, { concurrency: c, durationMs }, async () =>
       askOp(server.client, await newSession(server.client, agentId)),
     );
   }
