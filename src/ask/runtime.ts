@@ -33,7 +33,7 @@ import { stateDeltaIn } from "../services/state-service.js";
 import { isEmptyDelta, type ValidDelta } from "../state/scopes.js";
 import type { MemorySearcher } from "./memory.js";
 import { structIn } from "../services/convert.js";
-import { messageToProto, usageToProto } from "../services/converters.js";
+import { messageToProto, referencesToProto, usageToProto } from "../services/converters.js";
 import { checkContent, checkMetadata, checkText, LIMITS } from "../services/limits.js";
 import { createTokenCounter } from "./context.js";
 import { askEvent, askToProto, eventSize, unstoredMessage, type AskEventInit } from "./convert.js";
@@ -418,6 +418,8 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
         model: row.model,
       },
     });
+    // The stored references are the ones the References event carried.
+    if (assistant?.references) push({ case: "references", value: { references: referencesToProto(assistant.references) } });
     if (assistant && assistant.content !== "") push({ case: "textDelta", value: { text: assistant.content } });
     const usage = usageToProto(row.usage);
     if (usage) push({ case: "usage", value: usage });

@@ -160,6 +160,25 @@ describe.each(backends())("Ask with knowledge on %s (embedded defaults: builtin:
     expect([many.code, fieldsOf(many)]).toEqual([Code.InvalidArgument, ["agent.knowledge_base_ids"]]);
   });
 
+  it("a replay rebuilt from storage (the event log let the events go) carries the same References event", async () => {
+    const app = await createTestApp({ backend, config: { askEventLogMaxBytes: 0 } });
+    try {
+      const k = app.client(KnowledgeService);
+      const id = (await k.createKnowledgeBase({ knowledgeBase: { name: "Replay" } })).knowledgeBase!.id;
+      await k.createDocument({ knowledgeBaseId: id, document: { name: "guide.md" }, source: { case: "text", value: GUIDE_MD } });
+      const a = (await app.client(AgentService).createAgent({ agent: { name: "R", knowledgeBaseIds: [id] } })).agent!;
+      const s = app.client(SessionService);
+      const sessionId = (await s.createSession({ session: { agentId: a.id, userId: "u" } })).session!.id;
+      const live = await collect(s.ask({ sessionId, content: "When are the roof windows opened?", requestId: "r1" }));
+      const replay = await collect(s.ask({ sessionId, content: "When are the roof windows opened?", requestId: "r1" }));
+      const refsOf = (events: AskEvent[]) => events.find((e) => e.event.case === "references")?.event.value;
+      expect(replay.map((e) => e.event.case).slice(0, 3)).toEqual(["started", "references", "textDelta"]);
+      expect(refsOf(replay)).toEqual(refsOf(live));
+    } finally {
+      await app.close();
+    }
+  });
+
   it("fits knowledge into the token budget: instructions, knowledge and the question within max_input_tokens", async () => {
     const recorder = tokensModel(["ok"]);
     const models = createModelRegistry(loadConfig({}));

@@ -399,7 +399,8 @@ export type CreateDocumentRequest = Message<"parley.v1.CreateDocumentRequest"> &
    */
   source: {
     /**
-     * Plain text or Markdown, at most 16 MiB.
+     * Plain text or Markdown, at most 16 MiB (larger: INVALID_ARGUMENT,
+     * reason TOO_LARGE).
      *
      * @generated from field: string text = 3;
      */
@@ -407,7 +408,10 @@ export type CreateDocumentRequest = Message<"parley.v1.CreateDocumentRequest"> &
     case: "text";
   } | {
     /**
-     * A file's bytes, at most 16 MiB: text, Markdown, HTML or PDF.
+     * A file's bytes, at most 16 MiB: text, Markdown, HTML or PDF. Content
+     * that is not what its type says is INVALID_ARGUMENT (reason
+     * MALFORMED_DOCUMENT), content without text EMPTY_DOCUMENT, when ingested
+     * within the call; a background ingestion that fails ends FAILED.
      *
      * @generated from field: bytes content = 4;
      */
@@ -417,7 +421,8 @@ export type CreateDocumentRequest = Message<"parley.v1.CreateDocumentRequest"> &
 
   /**
    * Optional. The media type of the content. Empty: from the name's
-   * extension, else sniffed. Other types are InvalidArgument.
+   * extension, else sniffed. Other types are InvalidArgument (reason
+   * UNSUPPORTED_MEDIA_TYPE); nothing is stored.
    *
    * @generated from field: string mime_type = 5;
    */
@@ -602,7 +607,8 @@ export const DeleteDocumentResponseSchema: GenMessage<DeleteDocumentResponse> = 
  */
 export type SearchKnowledgeRequest = Message<"parley.v1.SearchKnowledgeRequest"> & {
   /**
-   * Required. 1 to 16 knowledge bases of the tenant.
+   * Required. 1 to 16 knowledge bases of the tenant; an unknown one is
+   * NOT_FOUND.
    *
    * @generated from field: repeated string knowledge_base_ids = 1;
    */
