@@ -62,6 +62,8 @@ export async function runKbAdd(opts: KbAddOptions): Promise<void> {
     ? new MultiBar({ format: " {bar} {percentage}% | {file} {status}", hideCursor: true, clearOnComplete: false, stopOnComplete: false }, Presets.shades_classic)
     : undefined;
   let failed = 0;
+  // Printed after the bars are stopped: lines logged while they redraw can be lost.
+  const lines: string[] = [];
   try {
     let base: { id: string; name: string };
     try {
@@ -74,7 +76,7 @@ export async function runKbAdd(opts: KbAddOptions): Promise<void> {
       const name = basename(file);
       const bar: SingleBar | undefined = bars?.create(100, 0, { file: name, status: "uploading" });
       const report = (line: string) => {
-        if (bars) bars.log(`${line}\n`);
+        if (bars) lines.push(line);
         else out.write(`${line}\n`);
       };
       try {
@@ -97,6 +99,7 @@ export async function runKbAdd(opts: KbAddOptions): Promise<void> {
     }
   } finally {
     bars?.stop();
+    for (const line of lines) out.write(`${line}\n`);
     sessionManager.abort();
   }
   if (failed > 0) throw new CliError(`${failed} of ${opts.files.length} files could not be added`);
