@@ -230,6 +230,24 @@ describe.each(backends())("KnowledgeService on %s", (backend) => {
     }
   });
 
+  it("with an embedding model: vector similarity where pgvector exists (PGlite), full text alone where it does not", async () => {
+    const hybrid = await createTestApp({ backend, env: { PARLEY_EMBEDDING_MODEL: "builtin:hash" } });
+    try {
+      const client = hybrid.client(KnowledgeService);
+      const id = (await client.createKnowledgeBase({ knowledgeBase: { name: "Vectors" } })).knowledgeBase!.id;
+      const doc = (await client.createDocument({ knowledgeBaseId: id, document: { name: "h.md" }, source: { case: "text", value: MARKDOWN } })).document!;
+      expect(doc.status).toBe(DocumentStatus.READY);
+      const { chunks } = await client.searchKnowledge({ knowledgeBaseIds: [id], query: "which port does the server listen on" });
+      expect(chunks.length).toBeGreaterThan(0);
+      const hasPgvector = (await sql<{ ok: boolean }>`select to_regclass('chunk_embeddings') is not null as ok`.execute(hybrid.app.db)).rows[0]!.ok;
+      expect(hasPgvector).toBe(backend === "pglite" ? true : hasPgvector);
+      for (const c of chunks) expect(Number.isFinite(c.vectorSimilarity) && Number.isFinite(c.similarity)).toBe(true);
+      expect(chunks.some((c) => c.vectorSimilarity > 0)).toBe(hasPgvector);
+    } finally {
+      await hybrid.close();
+    }
+  });
+
   it("marks a document whose ingestion was abandoned (its replica stopped) FAILED, without chunks", async () => {
     const base = await newKb("Abandoned");
     const id = "0190c0de-0000-7000-8000-0000000000aa";
