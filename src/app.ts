@@ -11,7 +11,6 @@ import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { createMemorySearcher } from "./ask/memory.js";
 import { embedderFromConfig } from "./knowledge/embeddings.js";
 import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
-import { embedderFromConfig as knowledgeEmbedder } from "./knowledge/embeddings.js";
 import { createIngestor } from "./knowledge/ingest.js";
 import { createKnowledgeSearch } from "./knowledge/search.js";
 import { createSessionFeed } from "./ask/session-feed.js";
@@ -86,7 +85,9 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     const replicaId = randomUUID();
     const models = options.models ?? createModelRegistry(config);
     const deps: ServiceDeps = { db, log, config, pageTokens };
-    const knowledge = createKnowledgeSearch(db, log, knowledgeEmbedder(config));
+    // One embedding model (PARLEY_EMBEDDING_MODEL, when set) serves knowledge and memories.
+    const embedder = embedderFromConfig(config);
+    const knowledge = createKnowledgeSearch(db, log, embedder);
     const ingestor = createIngestor({
       db,
       log,
@@ -105,8 +106,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
     // Session changes reach every replica through Postgres NOTIFY (see session-feed.ts).
     const feed = await createSessionFeed(database.listen, log);
-    // Memories are searched with the same embedding model as knowledge (PARLEY_EMBEDDING_MODEL), when set.
-    const memories = createMemorySearcher(embedderFromConfig(config), log);
+    const memories = createMemorySearcher(embedder, log);
     const asks = createAskRuntime({ ...deps, models, replicaId, memories, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, knowledge, feed });
     const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
     let closing: Promise<void> | undefined;
