@@ -138,7 +138,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     embeddingModel: env.PARLEY_EMBEDDING_MODEL || "",
     knowledgeSyncMaxBytes: int(env, "PARLEY_KB_SYNC_MAX_BYTES", 256 * 1024),
     flushIntervalMs: int(env, "PARLEY_FLUSH_INTERVAL_MS", 1000, 1),
-    askLeaseMs: int(env, "PARLEY_ASK_LEASE_MS", 10_000, 100),
+    askLeaseMs: int(env, "PARLEY_ASK_LEASE_MS", 8_000, 100),
     askEventRetentionMs: int(env, "PARLEY_ASK_EVENT_RETENTION_MS", 24 * 60 * 60 * 1000),
     askEventLogMaxBytes: int(env, "PARLEY_ASK_EVENT_LOG_MAX_BYTES", 64 * 1024 * 1024),
     redisUrl: env.REDIS_URL || undefined,
