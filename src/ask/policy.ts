@@ -5,7 +5,8 @@ import { ConcurrencyPolicy } from "../../gen/parley/v1/common_pb.js";
 import type { ConcurrencyPolicyText, Database } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, ParleyError, unavailable } from "../errors.js";
 import type { Logger } from "../log.js";
-import { claimInOrder, findAgentPolicy, leaveQueue, PRIORITY_ENQUEUE, PRIORITY_INTERRUPT } from "../repos/ask-queue.js";
+import { claimInOrder, leaveQueue, PRIORITY_ENQUEUE, PRIORITY_INTERRUPT } from "../repos/ask-queue.js";
+import type { LockedSession } from "../repos/state.js";
 import type { SessionFeed } from "./session-feed.js";
 
 /** How long an ENQUEUE Ask waits when neither the request nor the agent says. */
@@ -93,7 +94,8 @@ export interface SessionGateDeps {
 export interface GateRequest extends AskPolicyRequest {
   readonly tenantId: string;
   readonly sessionId: string;
-  readonly agentId: string;
+  /** The agent's concurrency defaults (null: the server's), as read with the Ask's target. */
+  readonly agentPolicy: { readonly policy: ConcurrencyPolicyText | null; readonly enqueueTimeoutMs: number | null };
   readonly askId: string;
   /** The client's signal: a client that leaves stops waiting and gives up its place. */
   readonly signal: AbortSignal;
@@ -110,7 +112,7 @@ export interface SessionGate {
    */
   acquire<T>(
     req: GateRequest,
-    store: (tx: Transaction<Database>, claim: { readonly previousAskId: string | null }) => Promise<T>,
+    store: (tx: Transaction<Database>, claim: { readonly previousAskId: string | null; readonly session: LockedSession }) => Promise<T>,
   ): Promise<T>;
   /** Ends every wait with UNAVAILABLE (the server is shutting down); later acquisitions wait no more. */
   shutdown(): void;
@@ -136,15 +138,11 @@ export function createSessionGate(deps: SessionGateDeps): SessionGate {
 
     async acquire<T>(
       req: GateRequest,
-      store: (tx: Transaction<Database>, claim: { readonly previousAskId: string | null }) => Promise<T>,
+      store: (tx: Transaction<Database>, claim: { readonly previousAskId: string | null; readonly session: LockedSession }) => Promise<T>,
     ): Promise<T> {
       const { tenantId, sessionId, askId } = req;
-      let { policy, enqueueTimeoutMs } = req;
-      if (policy === undefined || enqueueTimeoutMs === undefined) {
-        const agent = await findAgentPolicy(db, tenantId, req.agentId);
-        policy ??= agent?.policy ?? "reject";
-        enqueueTimeoutMs ??= agent?.enqueueTimeoutMs ?? DEFAULT_ENQUEUE_TIMEOUT_MS;
-      }
+      const policy = req.policy ?? req.agentPolicy.policy ?? "reject";
+      const enqueueTimeoutMs = req.enqueueTimeoutMs ?? req.agentPolicy.enqueueTimeoutMs ?? DEFAULT_ENQUEUE_TIMEOUT_MS;
       const queue =
         policy === "reject"
           ? undefined

@@ -346,12 +346,11 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     });
     const instructions = [renderInstructions(spec.agent.instructions, spec.state), memories.text].filter((t) => t.trim() !== "").join("\n\n");
     const knowledge = await loadTurnKnowledge({
-      db,
       search: deps.knowledge,
       log,
       tokens: deps.tokens,
       tenantId,
-      agentId: spec.agent.id,
+      settings: spec.agent,
       question: spec.userContent,
       instructions,
       maxInputTokens,

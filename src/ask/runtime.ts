@@ -242,7 +242,8 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
       let stored;
       try {
         // The concurrency policy decides when (and whether) this Ask gets the session; see policy.ts.
-        const gateRequest = { ...v, tenantId, agentId: target.agent.id, askId, signal };
+        const agentPolicy = { policy: target.agent.concurrency_policy, enqueueTimeoutMs: target.agent.enqueue_timeout_ms };
+        const gateRequest = { ...v, tenantId, agentPolicy, askId, signal };
         stored = await gate.acquire(gateRequest, async (tx, claim) => {
           // The previous holder's lease expired: its replica is gone.
           if (claim.previousAskId) {
@@ -263,7 +264,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
             owner: replicaId,
           });
           // The state delta commits with the user message, or not at all; the scopes it returns render this turn.
-          const state = await updateState(tx, tenantId, v.sessionId, v.stateDelta, { field: "state_delta" });
+          const state = await updateState(tx, tenantId, v.sessionId, v.stateDelta, { field: "state_delta", locked: claim.session });
           if (!userMessageId || !assistantMessageId) return { ask, user: undefined, state };
           const { messages } = await appendMessages(tx, tenantId, v.sessionId, [
             { id: userMessageId, role: "user", content: v.content, metadata: v.metadata, askId },

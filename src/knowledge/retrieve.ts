@@ -1,7 +1,5 @@
-import type { Kysely } from "kysely";
-import type { Database, ReferencesJson, RetrievalJson } from "../db/schema.js";
+import type { AgentRow, ReferencesJson, RetrievalJson } from "../db/schema.js";
 import type { Logger } from "../log.js";
-import { agentKnowledgeSettings } from "../repos/knowledge.js";
 import type { ExtractivePassage } from "../ask/models/builtin-extractive.js";
 import type { KnowledgeSearch } from "./search.js";
 
@@ -112,20 +110,20 @@ const OVERHEAD_TOKENS = 4;
  * out; history then fills the rest.
  */
 export async function loadTurnKnowledge(args: {
-  readonly db: Kysely<Database>;
   readonly search: KnowledgeSearch | undefined;
   readonly log: Logger;
   readonly tokens: { count(text: string): number };
   readonly tenantId: string;
-  readonly agentId: string;
+  /** The agent's knowledge settings, as the Ask read them with its agent. */
+  readonly settings: Pick<AgentRow, "knowledge_base_ids" | "retrieval">;
   readonly question: string;
   readonly instructions: string;
   readonly maxInputTokens: number;
   readonly signal?: AbortSignal;
 }): Promise<TurnKnowledge> {
   if (!args.search) return NONE;
-  const settings = await agentKnowledgeSettings(args.db, args.tenantId, args.agentId);
-  if (!settings || settings.knowledge_base_ids.length === 0) return NONE;
+  const { settings } = args;
+  if (settings.knowledge_base_ids.length === 0) return NONE;
   const count = (t: string) => args.tokens.count(t);
   const used = (args.instructions.trim() === "" ? 0 : count(args.instructions)) + count(args.question) + 3 * OVERHEAD_TOKENS;
   return knowledgeForTurn({

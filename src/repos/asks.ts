@@ -21,10 +21,22 @@ function leaseEnd(ms: number) {
 /** What an Ask needs of its session and agent. */
 export interface AskTarget {
   readonly session: Pick<SessionRow, "id" | "tenant_id" | "agent_id" | "status">;
-  readonly agent: Pick<AgentRow, "id" | "instructions" | "model" | "generation" | "context_policy" | "memory">;
+  readonly agent: Pick<
+    AgentRow,
+    | "id"
+    | "instructions"
+    | "model"
+    | "generation"
+    | "context_policy"
+    | "memory"
+    | "concurrency_policy"
+    | "enqueue_timeout_ms"
+    | "knowledge_base_ids"
+    | "retrieval"
+  >;
 }
 
-/** The session and its agent, in the tenant; undefined when the session does not exist there. */
+/** The session and everything an Ask reads of its agent (one read per Ask), in the tenant; undefined when the session does not exist there. */
 export async function findAskTarget(db: Db, tenantId: string, sessionId: string): Promise<AskTarget | undefined> {
   const row = await db
     .selectFrom("sessions as s")
@@ -39,6 +51,10 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
       "a.generation",
       "a.context_policy",
       "a.memory",
+      "a.concurrency_policy",
+      "a.enqueue_timeout_ms",
+      "a.knowledge_base_ids",
+      "a.retrieval",
     ])
     .where("s.id", "=", sessionId)
     .where("s.tenant_id", "=", tenantId)
@@ -53,6 +69,10 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
       generation: row.generation,
       context_policy: row.context_policy,
       memory: row.memory,
+      concurrency_policy: row.concurrency_policy,
+      enqueue_timeout_ms: row.enqueue_timeout_ms,
+      knowledge_base_ids: row.knowledge_base_ids,
+      retrieval: row.retrieval,
     },
   };
 }
@@ -78,36 +98,24 @@ export async function findAskByRequest(
     .executeTakeFirst();
 }
 
-export type ClaimResult =
-  | { readonly ok: true; /** The Ask whose expired lease was taken over, if any. */ readonly previousAskId: string | null }
-  | { readonly ok: false; readonly reason: "missing" | "archived" }
-  | { readonly ok: false; readonly reason: "running"; readonly activeAskId: string };
-
 /**
  * Claims a session for an Ask: a lease on the session row (active_ask_id,
  * lease_owner, lease_expire_time). The conditional UPDATE succeeds only when no
  * Ask holds the session or its lease has expired (its replica stopped renewing
- * it), so two replicas can never run two Asks on one session. Runs in the
- * transaction that stores the Ask, so a failed start leaves no claim behind.
+ * it), so two replicas can never run two Asks on one session. The caller has
+ * locked the session row in this transaction and read its active_ask_id
+ * (`previousAskId`, the holder to mark if its lease expired), so the read and
+ * the UPDATE are one atomic step; runs in the transaction that stores the Ask,
+ * so a failed start leaves no claim behind. False when the claim was refused.
  */
-export async function claimSession(
+export async function claimLockedSession(
   tx: Transaction<Database>,
   tenantId: string,
   sessionId: string,
   askId: string,
   owner: string,
   leaseMs: number,
-): Promise<ClaimResult> {
-  // The row lock makes the previous holder (needed to mark an abandoned Ask)
-  // and the conditional UPDATE below one atomic step.
-  const current = await tx
-    .selectFrom("sessions")
-    .select(["status", "active_ask_id"])
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .forUpdate()
-    .executeTakeFirst();
-  if (!current) return { ok: false, reason: "missing" };
+): Promise<boolean> {
   const claimed = await tx
     .updateTable("sessions")
     .set({ active_ask_id: askId, lease_owner: owner, lease_expire_time: leaseEnd(leaseMs) })
@@ -119,9 +127,7 @@ export async function claimSession(
     )
     .returning("id")
     .executeTakeFirst();
-  if (claimed) return { ok: true, previousAskId: current.active_ask_id };
-  if (current.status !== "active") return { ok: false, reason: "archived" };
-  return { ok: false, reason: "running", activeAskId: current.active_ask_id ?? "" };
+  return claimed !== undefined;
 }
 
 /** Stores a new Ask (status running). */

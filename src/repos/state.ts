@@ -33,6 +33,14 @@ export async function loadState(db: Db, tenantId: string, sessionId: string): Pr
   return { ...scopes, owner: { sessionId: row.id, userId: row.user_id, agentId: row.agent_id }, etag: stateEtag(scopes) };
 }
 
+/** A session row its caller has locked in the transaction (FOR UPDATE), with its user's and agent's scopes as read (not locked). */
+export interface LockedSession {
+  readonly owner: StateOwner;
+  readonly state: JsonObject;
+  readonly user: JsonObject;
+  readonly app: JsonObject;
+}
+
 /** Locks the user's and the agent's scope rows, creating empty ones first so that there is a row to lock. */
 async function lockShared(tx: Transaction<Database>, tenantId: string, owner: StateOwner): Promise<{ user: JsonObject; app: JsonObject }> {
   // ON CONFLICT DO NOTHING waits for a concurrent creator to commit, so the
@@ -77,22 +85,32 @@ export async function updateState(
   tenantId: string,
   sessionId: string,
   delta: ValidDelta,
-  options: { readonly etag?: string; readonly field: string },
+  options: {
+    readonly etag?: string;
+    readonly field: string;
+    /** The session row, already locked by the caller in this transaction (saves locking it again). */
+    readonly locked?: LockedSession;
+  },
 ): Promise<LoadedState & { temp: JsonObject }> {
-  const session = await tx
-    .selectFrom("sessions")
-    .select(["id", "user_id", "agent_id", "state"])
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .forUpdate()
-    .executeTakeFirst();
+  const session =
+    options.locked ??
+    (await tx
+      .selectFrom("sessions")
+      .select(["id", "user_id", "agent_id", "state"])
+      .where("id", "=", sessionId)
+      .where("tenant_id", "=", tenantId)
+      .forUpdate()
+      .executeTakeFirst()
+      .then((row) => row && { owner: { sessionId: row.id, userId: row.user_id, agentId: row.agent_id }, state: row.state }));
   if (!session) throw notFound("session", sessionId);
-  const owner: StateOwner = { sessionId: session.id, userId: session.user_id, agentId: session.agent_id };
+  const { owner } = session;
   const touchesShared =
     Object.keys(delta.set.user).length + delta.remove.user.length + Object.keys(delta.set.app).length + delta.remove.app.length > 0;
   let shared: { user: JsonObject; app: JsonObject };
   if (touchesShared || options.etag) {
     shared = await lockShared(tx, tenantId, owner);
+  } else if (options.locked) {
+    shared = { user: options.locked.user, app: options.locked.app };
   } else {
     const loaded = await loadState(tx, tenantId, sessionId);
     shared = { user: loaded?.user ?? {}, app: loaded?.app ?? {} };
