@@ -132,7 +132,14 @@ export async function claimLockedSession(
 
 /** Stores a new Ask (status running). */
 export async function insertAsk(tx: Transaction<Database>, row: NewAskRow): Promise<AskRow> {
-  return tx.insertInto("asks").values(row).returningAll().executeTakeFirstOrThrow();
+  // clock_timestamp(), not now(): the transaction may have begun before it
+  // waited for the session lock, and an Ask starts when it holds the claim, after
+  // the previous one finished.
+  return tx
+    .insertInto("asks")
+    .values({ create_time: sql<Date>`clock_timestamp()`, ...row })
+    .returningAll()
+    .executeTakeFirstOrThrow();
 }
 
 /**

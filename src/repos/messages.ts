@@ -49,8 +49,11 @@ export async function appendMessages(
     .set((eb) => ({
       last_seq: eb("last_seq", "+", n),
       message_count: eb("message_count", "+", n),
-      last_message_time: sql<Date>`now()`,
-      update_time: sql<Date>`now()`,
+      // clock_timestamp(): taken once this UPDATE holds the row lock, so
+      // messages' times follow their seq order even when the transaction
+      // began before an earlier appender committed.
+      last_message_time: sql<Date>`clock_timestamp()`,
+      update_time: sql<Date>`clock_timestamp()`,
       version: eb("version", "+", 1),
     }))
     .where("id", "=", sessionId)
