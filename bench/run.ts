@@ -24,6 +24,8 @@ const benchDir = fileURLToPath(new URL(".", import.meta.url));
 /** Sizes of one bench run. */
 interface Profile {
   readonly durationMs: number;
+  /** When set, each measured phase is this many operations instead of durationMs (the smoke run: it must not depend on speed). */
+  readonly ops?: number;
   readonly warmupMs: number;
   readonly concurrency: readonly number[];
   readonly askConcurrency: readonly number[];
@@ -57,6 +59,7 @@ const FULL: Profile = {
 
 const SMOKE: Profile = {
   durationMs: 200,
+  ops: 8,
   warmupMs: 50,
   concurrency: [1, 4],
   askConcurrency: [1, 4],
@@ -127,7 +130,7 @@ async function load(
       durationMs: o.durationMs ?? profile.durationMs,
       warmupMs: profile.warmupMs,
       progress: opts.progress,
-      ...(o.ops !== undefined ? { ops: o.ops } : {}),
+      ...((o.ops ?? profile.ops) !== undefined ? { ops: o.ops ?? profile.ops } : {}),
     },
     make,
   );
