@@ -6,7 +6,6 @@ import type {
   JsonObject,
   KnowledgeBaseRow,
   ReferencesJson,
-  RetrievalJson,
 } from "../db/schema.js";
 import { createTimeCursor } from "./agents.js";
 
@@ -360,18 +359,4 @@ export async function setMessageReferences(db: Db, tenantId: string, messageId: 
     .where("id", "=", messageId)
     .where("tenant_id", "=", tenantId)
     .execute();
-}
-
-/** An agent's knowledge bases and retrieval settings; undefined when the agent is gone. */
-export async function agentKnowledgeSettings(
-  db: Db,
-  tenantId: string,
-  agentId: string,
-): Promise<{ knowledge_base_ids: string[]; retrieval: RetrievalJson } | undefined> {
-  return db
-    .selectFrom("agents")
-    .select(["knowledge_base_ids", "retrieval"])
-    .where("id", "=", agentId)
-    .where("tenant_id", "=", tenantId)
-    .executeTakeFirst();
 }
