@@ -10,6 +10,7 @@ import { AskStatus, type AskEvent } from "../../gen/parley/v1/session_pb.js";
 import type { ParleyClient } from "../../src/client/core.js";
 import { createParleyClient } from "../../src/client/node.js";
 import { backends, createTestDatabase, testRedisUrl, type TestDatabase } from "../helpers/databases.js";
+import { readUntilDeltas } from "../helpers/ask-stream.js";
 import { errorOf, reasonOf } from "../helpers/errors.js";
 import { startFakeOpenAI, type FakeOpenAI } from "../helpers/fake-openai.js";
 import { spawnCli, type CliProcess } from "../helpers/server.js";
@@ -83,25 +84,8 @@ describe.runIf(enabled)("outages: Redis and Postgres going away under two replic
   }
 
   /** Starts an Ask and returns once `deltas` deltas arrived, with the rest of the stream as a promise. */
-  async function startAsk(c: ParleyClient, sessionId: string, deltas: number) {
-    const it = c.sessions.ask({ sessionId, content: "go" })[Symbol.asyncIterator]();
-    const events: AskEvent[] = [];
-    while (events.filter((e) => e.event.case === "textDelta").length < deltas) {
-      const r = await it.next();
-      if (r.done) throw new Error("the Ask ended early");
-      events.push(r.value.event!);
-    }
-    const started = events[0]!.event;
-    if (started.case !== "started") throw new Error("expected Started");
-    const rest = (async () => {
-      const out: AskEvent[] = [];
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return out;
-        out.push(r.value.event!);
-      }
-    })();
-    return { askId: started.value.askId, events, rest };
+  function startAsk(c: ParleyClient, sessionId: string, deltas: number) {
+    return readUntilDeltas(c.sessions.ask({ sessionId, content: "go" }), deltas);
   }
 
   beforeAll(async () => {

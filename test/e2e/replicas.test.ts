@@ -9,6 +9,7 @@ import { AskStatus, type AskEvent } from "../../gen/parley/v1/session_pb.js";
 import { createParleyClient } from "../../src/client/node.js";
 import type { ParleyClient } from "../../src/client/core.js";
 import { backends, createTestDatabase, testRedisUrl, type TestDatabase } from "../helpers/databases.js";
+import { readUntilDeltas } from "../helpers/ask-stream.js";
 import { startFakeOpenAI, type FakeOpenAI } from "../helpers/fake-openai.js";
 import { spawnCli, type CliProcess } from "../helpers/server.js";
 import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy.js";
@@ -54,26 +55,9 @@ describe.runIf(enabled)("replicas: resume, cancel and crash recovery across serv
   }
 
   /** Reads an Ask's stream until it has seen `deltas` text deltas; returns the events and the rest of the stream. */
-  async function startAsk(c: ParleyClient, sessionId: string, deltas: number, options: { background?: boolean; signal?: AbortSignal } = {}) {
+  function startAsk(c: ParleyClient, sessionId: string, deltas: number, options: { background?: boolean; signal?: AbortSignal } = {}) {
     const stream = c.sessions.ask({ sessionId, content: "tell me", background: options.background ?? false }, { signal: options.signal });
-    const it = stream[Symbol.asyncIterator]();
-    const events: AskEvent[] = [];
-    while (events.filter((e) => e.event.case === "textDelta").length < deltas) {
-      const r = await it.next();
-      if (r.done) throw new Error("the Ask ended early");
-      events.push(r.value.event!);
-    }
-    const started = events[0]!.event;
-    if (started.case !== "started") throw new Error("expected Started first");
-    const rest = (async () => {
-      const out: AskEvent[] = [];
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return out;
-        out.push(r.value.event!);
-      }
-    })();
-    return { askId: started.value.askId, events, rest };
+    return readUntilDeltas(stream, deltas);
   }
 
   async function resume(c: ParleyClient, askId: string, afterSeq: bigint): Promise<AskEvent[]> {
