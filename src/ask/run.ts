@@ -182,12 +182,13 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     const leaseTimer = setInterval(
       () => {
         renewLeaseAndCheckCancel(db, tenantId, spec.sessionId, askId, deps.replicaId, deps.leaseMs).then(
-          ({ held, cancelRequested }) => {
+          ({ held, cancelRequested, cancelReason }) => {
             if (finished || abortReason) return;
-            // A CancelAsk served by another replica whose pub/sub message did not arrive.
+            // A CancelAsk (or an INTERRUPT) served by another replica whose pub/sub message did not arrive.
             if (held && cancelRequested) {
-              abortReason = "cancel_ask";
-              abort.abort("cancel_ask");
+              const reason: CancelReason = cancelReason === "interrupt" ? "interrupt" : "cancel_ask";
+              abortReason = reason;
+              abort.abort(reason);
               return;
             }
             if (held) return;

@@ -188,7 +188,9 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   /** Asks running in this process. */
   const runs = new Map<string, AskRun>();
   // A CancelAsk served by any replica reaches the one that runs the Ask here.
-  const unsubscribeCancels = cancels.subscribe((askId) => runs.get(askId)?.cancel("cancel_ask"));
+  const unsubscribeCancels = cancels.subscribe((askId, reason) =>
+    runs.get(askId)?.cancel(reason === "interrupt" ? "interrupt" : "cancel_ask"),
+  );
   const sweeper = startSweeper({
     db,
     log,
@@ -213,8 +215,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
         await run.done;
         return;
       }
-      // TODO(issue 4, cancel bus): carry the reason to the replica that runs it; a remote run records "cancel_ask" today.
-      if (await requestCancel(db, tenantId, askId)) await cancels.publish(askId);
+      if (await requestCancel(db, tenantId, askId, "interrupt")) await cancels.publish(askId, "interrupt");
     },
   });
   const watchSession = createSessionWatch({ db, log, feed: deps.feed, follow: (t, a, s, signal) => follow(t, a, s, signal) });
@@ -347,7 +348,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
    */
   async function cancelElsewhere(tenantId: string, askId: string, signal: AbortSignal): Promise<void> {
     if (!(await requestCancel(db, tenantId, askId))) return;
-    await cancels.publish(askId);
+    await cancels.publish(askId, "cancel_ask");
     // A live replica stops within one renewal (leaseMs / 3) even without pub/sub; a dead one's
     // lease runs out within leaseMs, and then the Ask is finished here.
     const deadline = Date.now() + config.askLeaseMs + 1_000;

@@ -382,16 +382,18 @@ export function createRedisEventLog<E>(options: RedisEventLogOptions<E>): EventL
  */
 export function createRedisCancelBus(redis: RedisConnections, log: Logger): CancelBus {
   const channel = `${redis.prefix}ask-cancel`;
-  const handlers = new Set<(askId: string) => void>();
-  redis.subscriber.on("message", (ch: string, askId: string) => {
+  const handlers = new Set<(askId: string, reason: string) => void>();
+  // The message is "<ask id> <reason>"; a bare ask id (older replicas) means cancel_ask.
+  redis.subscriber.on("message", (ch: string, message: string) => {
     if (ch !== channel) return;
-    for (const h of handlers) h(askId);
+    const [askId = "", reason = "cancel_ask"] = message.split(" ");
+    for (const h of handlers) h(askId, reason);
   });
   redis.subscriber.subscribe(channel).catch((err: unknown) => log.warn({ err }, "subscribing to cancel requests failed"));
   return {
-    async publish(askId) {
+    async publish(askId, reason) {
       try {
-        await redis.command.publish(channel, askId);
+        await redis.command.publish(channel, `${askId} ${reason}`);
         return true;
       } catch {
         return false;

@@ -332,7 +332,7 @@ export async function renewLeaseAndCheckCancel(
   askId: string,
   owner: string,
   leaseMs: number,
-): Promise<{ readonly held: boolean; readonly cancelRequested: boolean }> {
+): Promise<{ readonly held: boolean; readonly cancelRequested: boolean; readonly cancelReason: string | null }> {
   const row = await db
     .updateTable("sessions")
     .set({ lease_expire_time: leaseEnd(leaseMs) })
@@ -340,23 +340,37 @@ export async function renewLeaseAndCheckCancel(
     .where("tenant_id", "=", tenantId)
     .where("active_ask_id", "=", askId)
     .where("lease_owner", "=", owner)
-    .returning((eb) =>
+    .returning((eb) => [
       eb
         .selectFrom("asks")
         .select(sql<boolean>`cancel_request_time is not null`.as("c"))
         .where("asks.id", "=", askId)
         .where("asks.tenant_id", "=", tenantId)
         .as("cancel_requested"),
-    )
+      // A running Ask's error_code holds the reason of a pending cancel request.
+      eb
+        .selectFrom("asks")
+        .select("error_code")
+        .where("asks.id", "=", askId)
+        .where("asks.tenant_id", "=", tenantId)
+        .as("cancel_reason"),
+    ])
     .executeTakeFirst();
-  return { held: row !== undefined, cancelRequested: row?.cancel_requested === true };
+  return {
+    held: row !== undefined,
+    cancelRequested: row?.cancel_requested === true,
+    cancelReason: row?.cancel_reason ?? null,
+  };
 }
 
-/** Records a cancel request on a running Ask (for its replica's lease renewal to notice); false when it is not running. */
-export async function requestCancel(db: Db, tenantId: string, askId: string): Promise<boolean> {
+/**
+ * Records a cancel request on a running Ask, with its reason in error_code (for its
+ * replica's lease renewal to notice); false when it is not running.
+ */
+export async function requestCancel(db: Db, tenantId: string, askId: string, reason = "cancel_ask"): Promise<boolean> {
   const row = await db
     .updateTable("asks")
-    .set({ cancel_request_time: sql<Date>`now()` })
+    .set({ cancel_request_time: sql<Date>`now()`, error_code: reason })
     .where("id", "=", askId)
     .where("tenant_id", "=", tenantId)
     .where("status", "=", "running")

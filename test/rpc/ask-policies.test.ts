@@ -425,6 +425,8 @@ describe.each(backends())("Ask concurrency policies on %s", (backend) => {
       const end = (await first.s.rest()).at(-1)!;
       expect(end.event.case).toBe("cancelled");
       expect((end.event.value as { message?: { content: string } }).message?.content).toBe("half ");
+      // The reason travels with the cancel request to the replica that runs the Ask.
+      expect((end.event.value as { reason?: string }).reason).toBe("interrupt");
       expect((await started).event.case).toBe("started");
       (await h.ctl.call(1)).finish();
       await next.rest();
