@@ -137,10 +137,10 @@ export function goals(r: BenchResults): Goal[] {
       holds: p50 !== undefined ? p50 <= 3 : undefined,
     });
   }
-  const askMid = Object.values(r.runs).find((x) => x.name.startsWith("parley.ask.c") && x.concurrency > 1 && run(`echo.unary.c${x.concurrency}`));
+  const askMid = Object.values(r.runs).find((x) => x.name.startsWith("parley.ask.c") && x.concurrency > 1 && askEcho(r, x.concurrency));
   if (askMid) {
-    const echo = run(`echo.unary.c${askMid.concurrency}`);
-    atMost(`Ask overhead p50 at c=${askMid.concurrency} vs bare echo p50`, askMid.name, askMid.marks.ttft?.p50, `echo.unary.c${askMid.concurrency}`, echo?.latency.p50, 2);
+    const echo = askEcho(r, askMid.concurrency)!;
+    atMost(`Ask overhead p50 at c=${askMid.concurrency} vs bare echo p50`, askMid.name, askMid.marks.ttft?.p50, echo.name, echo.latency.p50, 2);
   }
   const askTop = Object.values(r.runs)
     .filter((x) => x.name.startsWith("parley.ask.c"))
@@ -280,6 +280,11 @@ async function charts(r: BenchResults, outDir: string): Promise<string[]> {
 }
 
 /** A run's ops/s over another run's (or the inverse when invert is set, to read "Parley is N× the peer"). */
+/** The bare echo the Asks at concurrency c are compared with: the one measured right before them, else scenario 1's. */
+function askEcho(r: BenchResults, c: number): RunRecord | undefined {
+  return r.runs[`echo.unary.ask.c${c}`] ?? r.runs[`echo.unary.c${c}`];
+}
+
 function runTable(
   r: BenchResults,
   ids: string[],
@@ -348,6 +353,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     "Bare Connect service (`bench/echo.ts`: unary echo; server stream of small messages) on the same one-port server",
     "and process as Parley, without Parley's interceptors; raw `pg` with the statements Parley's repository issues.",
+    "Each `echo.unary.c*` runs right before scenario 1's runs at the same concurrency, and `echo.unary.ask.c*` and the top `echo.stream.c*` right before the Asks they are compared with, so both sides of a ratio see the same machine load.",
     "",
     runTable(r, [...by("echo."), ...by("pg.")], undefined, "units/s"),
     "",
@@ -359,7 +365,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     "TTFT is client-observed time to the first TextDelta; the model's own time to first token is 0 (all its tokens are ready when it is called), so TTFT is Parley's overhead. Units are delivered deltas.",
     "",
-    runTable(r, by("parley.ask."), (x) => r.runs[`echo.unary.c${x.concurrency}`], "deltas/s"),
+    runTable(r, by("parley.ask."), (x) => askEcho(r, x.concurrency), "deltas/s"),
     "",
     "## Scenario 3: history length (and a table full of other sessions)",
     "",

@@ -304,26 +304,31 @@ function appendOp(client: NodeParleyClient, sessionId: string, n = 1): Operation
 
 // ---------------------------------------------------------------- parts
 
-async function baselines(server: BenchServer, pool: pg.Pool, agentId: string): Promise<void> {
+/** The bare unary echo at concurrency c. */
+async function echoUnary(server: BenchServer, c: number, id = `echo.unary.c${c}`, op = "echo"): Promise<void> {
   const echo = createClient(EchoService, server.client.transport);
-  for (const c of profile.concurrency) {
-    await load(`echo.unary.c${c}`, { system: "connect", op: "echo", concurrency: c }, { concurrency: c }, async () => async () => {
-      await echo.echo({ text: CONTENT });
-    });
-  }
+  await load(id, { system: "connect", op, concurrency: c }, { concurrency: c }, async () => async () => {
+    await echo.echo({ text: CONTENT });
+  });
+}
+
+/** The bare server stream of profile.streamMessages small messages at concurrency c. */
+async function echoStream(server: BenchServer, c: number): Promise<void> {
+  const echo = createClient(EchoService, server.client.transport);
+  await load(`echo.stream.c${c}`, { system: "connect", op: "stream", concurrency: c }, { concurrency: c }, async () => async () => {
+    let n = 0;
+    for await (const m of echo.stream({ text: "tok ", count: profile.streamMessages })) n += m.text.length > 0 ? 1 : 0;
+    return n;
+  });
+}
+
+async function baselines(server: BenchServer, pool: pg.Pool, agentId: string): Promise<void> {
+  // The echoes that scenarios 1 and 2 are compared with run right before those scenarios' runs
+  // (same machine load, which drifts on a shared machine); here only when those parts do not run.
+  if (!parts.has("s1")) for (const c of profile.concurrency) await echoUnary(server, c);
   // At the highest Ask concurrency (the deltas/s goal compares the two), and at 16 in a full run.
-  for (const c of new Set([...(opts.smoke ? [] : [16]), profile.askConcurrency.at(-1)!])) {
-    await load(
-      `echo.stream.c${c}`,
-      { system: "connect", op: "stream", concurrency: c },
-      { concurrency: c },
-      async () => async () => {
-        let n = 0;
-        for await (const m of echo.stream({ text: "tok ", count: profile.streamMessages })) n += m.text.length > 0 ? 1 : 0;
-        return n;
-      },
-    );
-  }
+  if (!opts.smoke) await echoStream(server, 16);
+  if (!parts.has("s2")) await echoStream(server, profile.askConcurrency.at(-1)!);
   // The database ceiling: the statements Parley's repos issue, straight through pg with the same pool size.
   for (const c of profile.concurrency) {
     await load(`pg.insert.c${c}`, { system: "pg", op: "insert", concurrency: c }, { concurrency: c }, async () => {
@@ -360,11 +365,6 @@ async function baselines(server: BenchServer, pool: pg.Pool, agentId: string): P
 async function scenario1(server: BenchServer, agentId: string, backend: string, pool?: pg.Pool): Promise<void> {
   const p = `parley${backend === "pglite" ? ".pglite" : ""}`;
   const tags = (op: string, c: number) => ({ system: "parley", backend, op, concurrency: c });
-  for (const c of profile.concurrency) {
-    await load(`${p}.append.c${c}`, tags("append", c), { concurrency: c }, async () =>
-      appendOp(server.client, await newSession(server.client, agentId)),
-    );
-  }
   const readSessions: string[] = [];
   async function readSession(i: number): Promise<string> {
     while (readSessions.length <= i) {
@@ -375,15 +375,19 @@ async function scenario1(server: BenchServer, agentId: string, backend: string, 
     }
     return readSessions[i]!;
   }
+  // One concurrency level at a time, each right after its bare echo (Postgres backend), so that
+  // the runs compared in the goals see the same machine load.
   for (const c of profile.concurrency) {
+    if (backend === "postgres") await echoUnary(server, c);
+    await load(`${p}.append.c${c}`, tags("append", c), { concurrency: c }, async () =>
+      appendOp(server.client, await newSession(server.client, agentId)),
+    );
     await load(`${p}.get.c${c}`, tags("get", c), { concurrency: c }, async (i) => {
       const sessionId = await readSession(i);
       return async () => {
         await server.client.sessions.getSession({ sessionId });
       };
     });
-  }
-  for (const c of profile.concurrency) {
     await load(`${p}.list.c${c}`, tags("list", c), { concurrency: c }, async (i) =>
       listOp(server.client, await readSession(i)),
     );
@@ -397,7 +401,12 @@ async function scenario1(server: BenchServer, agentId: string, backend: string, 
 }
 
 async function scenario2(server: BenchServer, agentId: string): Promise<void> {
+  const top = profile.askConcurrency.at(-1)!;
   for (const c of profile.askConcurrency) {
+    // The baselines the Asks at c are compared with, right before them (same machine load):
+    // the echo's p50 (overhead goal), and at the top concurrency the bare stream (deltas/s goal).
+    if (c > 1) await echoUnary(server, c, `echo.unary.ask.c${c}`, "echo-ask");
+    if (c === top) await echoStream(server, c);
     // At high concurrency one Ask takes seconds: a longer phase so that many complete inside it.
     const durationMs = c > 16 ? profile.durationMs * 3 : profile.durationMs;
     await load(`parley.ask.c${c}`, { system: "parley", op: "ask", concurrency: c }, { concurrency: c, durationMs }, async () =>
