@@ -242,19 +242,7 @@ export async function finishAsk(
     .where("status", "=", "running")
     .returningAll()
     .executeTakeFirst();
-  await tx
-    .updateTable("sessions")
-    .set((eb) => ({
-      active_ask_id: null,
-      lease_owner: null,
-      lease_expire_time: null,
-      update_time: sql<Date>`now()`,
-      version: eb("version", "+", 1),
-    }))
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .where("active_ask_id", "=", askId)
-    .execute();
+  await releaseClaim(tx, tenantId, sessionId, askId);
   return { ask, message };
 }
 
@@ -303,13 +291,7 @@ export async function interruptIfAbandoned(db: Kysely<Database>, tenantId: strin
     if (s && s.active_ask_id === ask.id && s.lease_live) return false;
     await interruptAsk(tx, tenantId, ask.id);
     if (s && s.active_ask_id === ask.id) {
-      await tx
-        .updateTable("sessions")
-        .set({ active_ask_id: null, lease_owner: null, lease_expire_time: null })
-        .where("id", "=", ask.session_id)
-        .where("tenant_id", "=", tenantId)
-        .where("active_ask_id", "=", ask.id)
-        .execute();
+      await releaseClaim(tx, tenantId, ask.session_id, ask.id);
     }
     return true;
   });
@@ -423,19 +405,27 @@ export async function sweepExpiredClaim(db: Kysely<Database>, claim: ExpiredClai
       .executeTakeFirst();
     if (!s) return false;
     await interruptAsk(tx, claim.tenantId, claim.askId);
-    await tx
-      .updateTable("sessions")
-      .set((eb) => ({
-        active_ask_id: null,
-        lease_owner: null,
-        lease_expire_time: null,
-        update_time: sql<Date>`now()`,
-        version: eb("version", "+", 1),
-      }))
-      .where("id", "=", claim.sessionId)
-      .where("tenant_id", "=", claim.tenantId)
-      .where("active_ask_id", "=", claim.askId)
-      .execute();
+    await releaseClaim(tx, claim.tenantId, claim.sessionId, claim.askId);
     return true;
   });
+}
+
+/**
+ * Frees a session whose claim is still held by askId (finished, or interrupted
+ * after its replica died); the session's version moves, as for any change.
+ */
+async function releaseClaim(tx: Transaction<Database>, tenantId: string, sessionId: string, askId: string): Promise<void> {
+  await tx
+    .updateTable("sessions")
+    .set((eb) => ({
+      active_ask_id: null,
+      lease_owner: null,
+      lease_expire_time: null,
+      update_time: sql<Date>`now()`,
+      version: eb("version", "+", 1),
+    }))
+    .where("id", "=", sessionId)
+    .where("tenant_id", "=", tenantId)
+    .where("active_ask_id", "=", askId)
+    .execute();
 }
