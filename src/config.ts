@@ -41,6 +41,8 @@ export interface Config {
   readonly knowledgeSyncMaxBytes: number;
   /** Interval at which a streaming answer's partial content is written to the database. */
   readonly flushIntervalMs: number;
+  /** Responses smaller than this many bytes are sent uncompressed even when the client accepts gzip. */
+  readonly compressMinBytes: number;
   /** Lease of a running Ask on its session, renewed while it runs; a replica that stops renewing frees the session after it. */
   readonly askLeaseMs: number;
   /** How long a finished Ask's events stay in the event log for replay (afterwards they are rebuilt from storage). */
@@ -138,6 +140,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     embeddingModel: env.PARLEY_EMBEDDING_MODEL || "",
     knowledgeSyncMaxBytes: int(env, "PARLEY_KB_SYNC_MAX_BYTES", 256 * 1024),
     flushIntervalMs: int(env, "PARLEY_FLUSH_INTERVAL_MS", 1000, 1),
+    compressMinBytes: int(env, "PARLEY_COMPRESS_MIN_BYTES", 16 * 1024),
     askLeaseMs: int(env, "PARLEY_ASK_LEASE_MS", 8_000, 100),
     askEventRetentionMs: int(env, "PARLEY_ASK_EVENT_RETENTION_MS", 24 * 60 * 60 * 1000),
     askEventLogMaxBytes: int(env, "PARLEY_ASK_EVENT_LOG_MAX_BYTES", 64 * 1024 * 1024),

@@ -69,6 +69,7 @@ export async function startServer(app: App, options: ServerOptions = {}): Promis
     interceptors: app.interceptors,
     readMaxBytes: MAX_MESSAGE_BYTES,
     writeMaxBytes: MAX_MESSAGE_BYTES,
+    compressMinBytes: config.compressMinBytes,
     shutdownSignal: handlersShutdown.signal,
   });
   const anyOrigin = config.corsOrigins.includes("*");
