@@ -1,6 +1,7 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { MessageRole, MessageSchema, MessageStatus, type Message } from "../../gen/parley/v1/common_pb.js";
 import { AskEventSchema, AskSchema, AskStatus, type Ask, type AskEvent } from "../../gen/parley/v1/session_pb.js";
+import type { EventPacking } from "../bus/memory.js";
 import type { AskRow, AskStatusText, JsonObject, MessageStatusText, UsageJson } from "../db/schema.js";
 import { structOut, ts } from "../services/convert.js";
 import { messageStatusToProto, usageToProto } from "../services/converters.js";
@@ -68,6 +69,20 @@ export type AskEventInit = NonNullable<MessageInitShape<typeof AskEventSchema>["
 export function askEvent(askId: string, seq: number, event: AskEventInit): AskEvent {
   return create(AskEventSchema, { askId, seq: BigInt(seq), event });
 }
+
+/**
+ * How the in-process event log keeps Ask events: a text delta (most of an
+ * Ask's events) as its text alone, about 30 bytes instead of the ~250 of its
+ * message objects; rebuilt with askEvent when read.
+ */
+export const askEventPacking: EventPacking<AskEvent> = {
+  pack(askId, seq, e) {
+    if (e.event.case !== "textDelta" || e.askId !== askId || e.seq !== BigInt(seq)) return undefined;
+    if (e.$unknown !== undefined || e.event.value.$unknown !== undefined) return undefined;
+    return e.event.value.text;
+  },
+  unpack: (askId, seq, text) => askEvent(askId, seq, { case: "textDelta", value: { text } }),
+};
 
 /** Estimated in-memory size of an event, for the event log's bound. */
 export function eventSize(e: AskEvent): number {

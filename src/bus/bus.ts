@@ -4,7 +4,7 @@ import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import { createMemoryCancelBus, type CancelBus } from "./cancel.js";
 import type { EventLog } from "./event-log.js";
-import { createMemoryEventLog } from "./memory.js";
+import { createMemoryEventLog, type EventPacking } from "./memory.js";
 import { createRedisCancelBus, createRedisEventLog, openRedis, type RedisConnections } from "./redis.js";
 import { createReplicatedEventLog } from "./replicated.js";
 
@@ -21,11 +21,16 @@ export interface Bus {
 }
 
 /** Builds the bus from the config; never waits for Redis (it may be down at start). */
-export function createBus(config: Config, log: Logger, options: { sizeOf: (e: AskEvent) => number }): Bus {
+export function createBus(
+  config: Config,
+  log: Logger,
+  options: { sizeOf: (e: AskEvent) => number; packing?: EventPacking<AskEvent> },
+): Bus {
   const local = createMemoryEventLog<AskEvent>({
     retentionMs: config.askEventRetentionMs,
     maxRetainedBytes: config.askEventLogMaxBytes,
     sizeOf: options.sizeOf,
+    ...(options.packing ? { packing: options.packing } : {}),
   });
   if (!config.redisUrl) {
     return { events: local, shared: undefined, cancels: createMemoryCancelBus(), redis: undefined, close: () => local.close() };

@@ -9,10 +9,25 @@ export interface MemoryEventLogOptions<E> {
   readonly sizeOf: (event: E) => number;
   /** Clock, for tests. */
   readonly now?: () => number;
+  /** A compact form for the events kept, for logs of many small events (an answer's text deltas). */
+  readonly packing?: EventPacking<E>;
+}
+
+/**
+ * Keeps events as strings where they can be: a running stream's events stay in
+ * memory until it has ended (and after), so with thousands of open streams the
+ * objects of each small event add up. With packing, E must not be a string.
+ */
+export interface EventPacking<E> {
+  /** The event as a string, or undefined to keep it as it is. */
+  pack(streamId: string, seq: number, event: E): string | undefined;
+  /** The event a packed string stands for. */
+  unpack(streamId: string, seq: number, packed: string): E;
 }
 
 interface Stream<E> {
-  readonly events: LoggedEvent<E>[];
+  /** The event of seq n at index n - 1, packed or not. */
+  readonly events: (E | string)[];
   bytes: number;
   ended: boolean;
   endTime: number;
@@ -33,6 +48,11 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
   const finished = new Map<string, Stream<E>>();
   let retainedBytes = 0;
   let closed = false;
+  const packing = options.packing;
+  const eventAt = (streamId: string, s: Stream<E>, i: number): E => {
+    const item = s.events[i] as E | string;
+    return packing && typeof item === "string" ? packing.unpack(streamId, i + 1, item) : (item as E);
+  };
 
   function evict(): void {
     const t = now();
@@ -58,7 +78,7 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
       }
       if (s.ended) throw new EventLogSequenceError(`stream ${streamId} has ended`);
       if (seq !== s.events.length + 1) throw new EventLogSequenceError(`stream ${streamId}: expected seq ${s.events.length + 1}, got ${seq}`);
-      s.events.push({ seq, event });
+      s.events.push(packing?.pack(streamId, seq, event) ?? event);
       s.bytes += options.sizeOf(event);
       wake(s);
     },
@@ -81,7 +101,10 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
           // seq n is at index n - 1.
           let i = Math.max(0, afterSeq);
           for (;;) {
-            while (i < s.events.length) yield s.events[i++]!;
+            while (i < s.events.length) {
+              const event = eventAt(streamId, s, i++);
+              yield { seq: i, event };
+            }
             if (s.ended || closed || signal?.aborted) return;
             await new Promise<void>((resolve) => {
               const done = () => {
