@@ -10,6 +10,7 @@ import { StateService } from "../gen/parley/v1/state_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { createMemorySearcher } from "./ask/memory.js";
 import { embedderFromConfig } from "./knowledge/embeddings.js";
+import { createAskHeartbeat } from "./ask/heartbeat.js";
 import { createAskRuntime, type AskRuntime } from "./ask/runtime.js";
 import { createIngestor } from "./knowledge/ingest.js";
 import { createKnowledgeSearch } from "./knowledge/search.js";
@@ -17,7 +18,7 @@ import { createSessionFeed } from "./ask/session-feed.js";
 import { createModelRegistry, type ModelRegistry } from "./ask/models/registry.js";
 import { bootstrapIfEmpty, type BootstrapResult } from "./auth/bootstrap.js";
 import { createAuthInterceptor } from "./auth/interceptor.js";
-import { eventSize } from "./ask/convert.js";
+import { askEventPacking, eventSize } from "./ask/convert.js";
 import { createBus, type Bus } from "./bus/bus.js";
 import type { Config } from "./config.js";
 import { openDatabase, type DatabaseHandle } from "./db/database.js";
@@ -98,7 +99,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     // Documents a crashed replica was ingesting would stay PROCESSING forever.
     ingestor.failAbandoned().catch((err: unknown) => log.warn({ err }, "checking for abandoned document ingestions failed"));
     // Redis (when configured) may be down at start: the bus connects in the background.
-    const bus: Bus = createBus(config, log, { sizeOf: eventSize });
+    const bus: Bus = createBus(config, log, { sizeOf: eventSize, packing: askEventPacking });
     // A short wait, so that the first Asks already reach the shared log; past it, start degraded.
     if (bus.redis && !(await bus.redis.ready(3_000))) {
       log.warn("Redis is not reachable yet: starting degraded (Asks stay on this replica until it is)");
@@ -107,7 +108,9 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     // Session changes reach every replica through Postgres NOTIFY (see session-feed.ts).
     const feed = await createSessionFeed(database.listen, log);
     const memories = createMemorySearcher(embedder, log);
-    const asks = createAskRuntime({ ...deps, models, replicaId, memories, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, knowledge, feed });
+    // One ticker renews the leases of all of this replica's Asks and flushes their partial answers.
+    const heartbeat = createAskHeartbeat({ db, log, replicaId, leaseMs: config.askLeaseMs, flushIntervalMs: config.flushIntervalMs });
+    const asks = createAskRuntime({ ...deps, models, replicaId, memories, events: bus.events, sharedEvents: bus.shared, cancels: bus.cancels, knowledge, feed, heartbeat });
     const interceptors = [createErrorInterceptor(log), createAuthInterceptor(db)];
     let closing: Promise<void> | undefined;
     return {
@@ -133,6 +136,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
         closing ??= (async () => {
           health.stop();
           await asks.drain(graceMs);
+          await heartbeat.stop();
           await feed.close();
           await bus.close();
           await ingestor.close();

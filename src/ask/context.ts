@@ -35,6 +35,11 @@ export function createTokenCounter(memoChars = 8 * 1024 * 1024): TokenCounter {
 /** Defaults of an agent's context policy (0 or unset in the agent). */
 export const CONTEXT_DEFAULTS = { maxHistoryMessages: 50, maxInputTokens: 16_000 } as const;
 
+/** How many messages of history a turn of this agent reads (its context policy's window). */
+export function historyWindow(agent: { readonly context_policy: { readonly max_history_messages?: number } | null }): number {
+  return agent.context_policy?.max_history_messages || CONTEXT_DEFAULTS.maxHistoryMessages;
+}
+
 /** Tokens a chat format spends on each message besides its text (role, separators). */
 export const MESSAGE_OVERHEAD_TOKENS = 4;
 

@@ -1,18 +1,19 @@
-import { streamText, type LanguageModel, type LanguageModelUsage } from "ai";
+import { experimental_streamTextLowMemory as streamTextLowMemory, type LanguageModel, type LanguageModelUsage } from "ai";
 import type { Kysely } from "kysely";
 import type { Message } from "../../gen/parley/v1/common_pb.js";
 import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
 import type { EventLog } from "../bus/event-log.js";
 import type { Database, ReferencesJson, UsageJson } from "../db/schema.js";
 import type { Logger } from "../log.js";
-import { finishAsk, flushContent, renewLeaseAndCheckCancel, type AskOutcome, type AskTarget } from "../repos/asks.js";
+import { finishAsk, type AskOutcome, type AskTarget } from "../repos/asks.js";
 import { lastMessages } from "../repos/messages.js";
 import { messageToProto, referencesToProto, usageToProto } from "../services/converters.js";
 import { builtinModelOptions, loadTurnKnowledge, type KnowledgeSearch } from "../knowledge/retrieve.js";
 import { setMessageReferences } from "../repos/knowledge.js";
-import { buildContext, CONTEXT_DEFAULTS, type HistoryMessage, type TokenCounter } from "./context.js";
+import { buildContext, CONTEXT_DEFAULTS, historyWindow, type HistoryMessage, type TokenCounter } from "./context.js";
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
 import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memory.js";
+import type { AskHeartbeat, OpenAsk } from "./heartbeat.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
 import { renderInstructions, type TemplateState } from "./template.js";
 
@@ -27,9 +28,8 @@ export interface RunDeps {
   readonly log: Logger;
   readonly events: EventLog<AskEvent>;
   readonly tokens: TokenCounter;
-  readonly flushIntervalMs: number;
-  readonly leaseMs: number;
-  readonly replicaId: string;
+  /** Renews the leases of this replica's running Asks and flushes their partial answers. */
+  readonly heartbeat: AskHeartbeat;
   /** Text deltas within this window go to the log as one (0: each as it comes). */
   readonly coalesceMs?: number;
   /** Memory search for agents with memory enabled. */
@@ -57,6 +57,8 @@ export interface RunSpec {
   /** The stored assistant message; null when store is false. */
   readonly assistantMessageId: string | null;
   readonly createTime: Date;
+  /** The history window (newest first, as loadContext reads it) when the start already read it. */
+  readonly history?: readonly HistoryMessage[];
 }
 
 /** A running Ask in this process. */
@@ -78,9 +80,9 @@ function usageOf(u: LanguageModelUsage | undefined): UsageJson | null {
 /**
  * Starts an Ask whose rows are stored and whose session is claimed: logs the
  * Started event (seq 1) before returning, then streams the model in the
- * background, logging each event with the next seq, flushing the partial
- * answer every flushIntervalMs and renewing the lease, and finally stores the
- * outcome and releases the claim.
+ * background, logging each event with the next seq, with the replica's
+ * heartbeat renewing its lease and flushing its partial answer, and finally
+ * stores the outcome and releases the claim.
  */
 export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
   const { db, log, events } = deps;
@@ -98,6 +100,24 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     tail = p.catch(() => {});
     return p;
   };
+  // The partial answer the heartbeat flushes is the text the log has acknowledged, never
+  // text still held for coalescing: after a crash, whoever resumes from the log has seen
+  // all of the stored (INTERRUPTED) answer. A failed append freezes it.
+  let beat: OpenAsk | undefined;
+  let loggedText = "";
+  let logBroken = false;
+  const appendText = (text: string): Promise<void> =>
+    append({ case: "textDelta", value: { text } }).then(
+      () => {
+        if (logBroken) return;
+        loggedText += text;
+        if (beat) beat.content = loggedText;
+      },
+      (err: unknown) => {
+        logBroken = true;
+        throw err;
+      },
+    );
   // Deltas are coalesced for the log: fewer, larger entries; the text is the same
   // and the seqs stay gap-free because a seq is taken only when a delta is logged.
   let pendingText = "";
@@ -108,7 +128,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     if (pendingText === "") return Promise.resolve();
     const text = pendingText;
     pendingText = "";
-    return append({ case: "textDelta", value: { text } });
+    return appendText(text);
   };
   // The first delta is never held back: coalescing must not add its window to the time to first token.
   let firstDeltaSent = false;
@@ -116,7 +136,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     const window = deps.coalesceMs ?? 0;
     if (window <= 0 || !firstDeltaSent) {
       firstDeltaSent = true;
-      return append({ case: "textDelta", value: { text } });
+      return appendText(text);
     }
     pendingText += text;
     coalesceTimer ??= setTimeout(() => {
@@ -160,48 +180,19 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     let sawFinish = false;
     let references: ReferencesJson | undefined;
 
-    // Partial content goes to the database on a timer, never per token.
-    let flushedLength = 0;
-    let flushing: Promise<void> | undefined;
-    const flushTimer = setInterval(() => {
-      if (!spec.assistantMessageId || flushing || content.length === flushedLength) return;
-      const snapshot = content;
-      flushing = flushContent(db, tenantId, spec.assistantMessageId, snapshot)
-        .then(
-          () => {
-            flushedLength = snapshot.length;
-          },
-          (err: unknown) => log.warn({ err, askId }, "flushing a partial answer failed; retrying on the next tick"),
-        )
-        .finally(() => {
-          flushing = undefined;
-        });
-    }, deps.flushIntervalMs);
-    flushTimer.unref();
-
-    const leaseTimer = setInterval(
-      () => {
-        renewLeaseAndCheckCancel(db, tenantId, spec.sessionId, askId, deps.replicaId, deps.leaseMs).then(
-          ({ held, cancelRequested, cancelReason }) => {
-            if (finished || abortReason) return;
-            // A CancelAsk (or an INTERRUPT) served by another replica whose pub/sub message did not arrive.
-            if (held && cancelRequested) {
-              const reason: CancelReason = cancelReason === "interrupt" ? "interrupt" : "cancel_ask";
-              abortReason = reason;
-              abort.abort(reason);
-              return;
-            }
-            if (held) return;
-            log.warn({ askId }, "lost the claim on the session; stopping the Ask");
-            abortReason = "lease_lost";
-            abort.abort("lease_lost");
-          },
-          (err: unknown) => log.warn({ err, askId }, "renewing the Ask's lease failed"),
-        );
+    // The replica's heartbeat renews the lease and writes the partial answer on its ticks, never per token.
+    beat = deps.heartbeat.join({
+      tenantId,
+      sessionId: spec.sessionId,
+      askId,
+      assistantMessageId: spec.assistantMessageId,
+      onStop(reason) {
+        if (finished || abortReason) return;
+        if (reason === "lease_lost") log.warn({ askId }, "lost the claim on the session; stopping the Ask");
+        abortReason = reason;
+        abort.abort(reason);
       },
-      Math.max(Math.floor(deps.leaseMs / 3), 50),
-    );
-    leaseTimer.unref();
+    });
 
     try {
       const context = await loadContext();
@@ -214,7 +205,9 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
       }
       if (!abort.signal.aborted) {
         const g = spec.agent.generation ?? {};
-        const result = streamText({
+        // The single-consumer variant: streamText tees its stream for replays and keeps every
+        // part of the answer in the unread branch until the end (vercel/ai#16753), per open Ask.
+        const result = streamTextLowMemory({
           model: spec.model.model,
           ...(context.instructions !== undefined ? { instructions: context.instructions } : {}),
           messages: context.messages,
@@ -248,12 +241,11 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
         failure = describeModelError(err);
         log.warn({ err, askId, code: failure.code }, "ask failed");
       }
+    } finally {
+      finished = true;
+      // Before the final store: the flush of a tick already under way is refused once the message has left STREAMING.
+      beat.leave();
     }
-
-    finished = true;
-    clearInterval(flushTimer);
-    clearInterval(leaseTimer);
-    await flushing;
 
     // A finished answer stays finished even if a cancel raced its last part.
     const cancelled = abort.signal.aborted && !sawFinish && failure === undefined;
@@ -322,12 +314,14 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
 
   async function loadContext() {
     const policy = spec.agent.context_policy ?? {};
-    const maxHistoryMessages = policy.max_history_messages || CONTEXT_DEFAULTS.maxHistoryMessages;
+    const maxHistoryMessages = historyWindow(spec.agent);
     const maxInputTokens = policy.max_input_tokens || CONTEXT_DEFAULTS.maxInputTokens;
     // Read only the window: one range scan of at most max_history_messages rows
     // (+1 for this Ask's own placeholder when stored).
-    let history: HistoryMessage[];
-    if (spec.store) {
+    let history: readonly HistoryMessage[];
+    if (spec.history) {
+      history = spec.history;
+    } else if (spec.store) {
       history = await lastMessages(db, tenantId, spec.sessionId, maxHistoryMessages + 1);
     } else {
       const rows = await lastMessages(db, tenantId, spec.sessionId, maxHistoryMessages);
@@ -369,16 +363,14 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
   async function finishWithRetry(content: string, outcome: AskOutcome) {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await db.transaction().execute((tx) =>
-          finishAsk(tx, {
-            tenantId,
-            sessionId: spec.sessionId,
-            askId,
-            assistantMessageId: spec.assistantMessageId,
-            content,
-            outcome,
-          }),
-        );
+        return await finishAsk(db, {
+          tenantId,
+          sessionId: spec.sessionId,
+          askId,
+          assistantMessageId: spec.assistantMessageId,
+          content,
+          outcome,
+        });
       } catch (err) {
         if (attempt >= 3) {
           log.error({ err, askId }, "could not store the outcome of an Ask; its lease will expire and mark it interrupted");

@@ -13,10 +13,11 @@ import { callerOf } from "../auth/caller.js";
 import { createMemoryEventLog } from "../bus/memory.js";
 import { createMemoryCancelBus, type CancelBus } from "../bus/cancel.js";
 import { EventLogUnavailableError, type EventLog } from "../bus/event-log.js";
-import type { AskRow, JsonObject } from "../db/schema.js";
+import type { AskRow, JsonObject, MessageRow } from "../db/schema.js";
 import { failedPrecondition, invalidArgument, notFound, ParleyError, unavailable } from "../errors.js";
 import { newId, requireId } from "../ids.js";
 import {
+  claimFreeSession,
   findAskByRequest,
   findAskTarget,
   finishAsk,
@@ -35,11 +36,12 @@ import type { MemorySearcher } from "./memory.js";
 import { structIn } from "../services/convert.js";
 import { messageToProto, referencesToProto, usageToProto } from "../services/converters.js";
 import { checkContent, checkMetadata, checkText, LIMITS } from "../services/limits.js";
-import { createTokenCounter } from "./context.js";
+import { createTokenCounter, historyWindow, type HistoryMessage } from "./context.js";
 import { askEvent, askToProto, eventSize, unstoredMessage, type AskEventInit } from "./convert.js";
 import type { ModelRegistry } from "./models/registry.js";
 import { askPolicyIn, createSessionGate, type AskPolicyRequest } from "./policy.js";
 import type { KnowledgeSearch } from "../knowledge/search.js";
+import type { AskHeartbeat } from "./heartbeat.js";
 import { startRun, type AskRun, type RunDeps, type RunSpec } from "./run.js";
 import type { SessionFeed } from "./session-feed.js";
 import { createSessionWatch } from "./watch.js";
@@ -61,6 +63,8 @@ export interface AskRuntimeDeps extends ServiceDeps {
   readonly feed: SessionFeed;
   /** Knowledge search for agents with knowledge bases; default: none (no knowledge retrieved). */
   readonly knowledge?: KnowledgeSearch;
+  /** Renews the leases of this replica's running Asks and flushes their partial answers (one ticker per replica). */
+  readonly heartbeat: AskHeartbeat;
 }
 
 /** Runs Asks: the three SessionService handlers and the shutdown drain. */
@@ -178,9 +182,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     log,
     events,
     tokens: createTokenCounter(),
-    flushIntervalMs: config.flushIntervalMs,
-    leaseMs: config.askLeaseMs,
-    replicaId,
+    heartbeat: deps.heartbeat,
     coalesceMs: config.askDeltaCoalesceMs,
     ...(deps.knowledge ? { knowledge: deps.knowledge } : {}),
     ...(deps.memories ? { memories: deps.memories } : {}),
@@ -240,39 +242,77 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     starting.set(askId, new Promise<void>((resolve) => (ready = resolve)));
     let tookOver: string | undefined;
     try {
-      let stored;
+      let stored: {
+        createTime: Date;
+        user: MessageRow | undefined;
+        state: { owner: { userId: string }; session: JsonObject; user: JsonObject; app: JsonObject; temp: JsonObject };
+      };
+      let history: HistoryMessage[] | undefined;
       try {
         // The concurrency policy decides when (and whether) this Ask gets the session; see policy.ts.
-        const agentPolicy = { policy: target.agent.concurrency_policy, enqueueTimeoutMs: target.agent.enqueue_timeout_ms };
-        const gateRequest = { ...v, tenantId, agentPolicy, askId, signal };
-        stored = await gate.acquire(gateRequest, async (tx, claim) => {
-          // The previous holder's lease expired: its replica is gone.
-          if (claim.previousAskId) {
-            await interruptAsk(tx, tenantId, claim.previousAskId);
-            tookOver = claim.previousAskId;
+        const askRow = {
+          id: askId,
+          tenant_id: tenantId,
+          session_id: v.sessionId,
+          status: "running" as const,
+          request_id: v.requestId,
+          request_hash: v.hash,
+          user_message_id: userMessageId,
+          assistant_message_id: assistantMessageId,
+          model: model.id,
+          store: v.store,
+          owner: replicaId,
+        };
+        // Most Asks find their session free: one statement claims it and stores the Ask and both messages.
+        const free = isEmptyDelta(v.stateDelta)
+          ? await claimFreeSession(db, {
+              ask: askRow,
+              leaseMs: config.askLeaseMs,
+              // The turn's history window (run.ts loadContext): its own user message (and placeholder) count in it.
+              historyLimit: Math.max(historyWindow(target.agent) - (userMessageId ? 1 : 0), 0),
+              messages:
+                userMessageId && assistantMessageId
+                  ? [
+                      { id: userMessageId, role: "user", content: v.content, metadata: v.metadata },
+                      { id: assistantMessageId, role: "assistant", content: "", status: "streaming", model: model.id },
+                    ]
+                  : [],
+            })
+          : undefined;
+        if (free) {
+          const { owner, state, user, app } = free.state;
+          stored = { createTime: free.askCreateTime, user: free.user, state: { owner, session: state, user, app, temp: {} } };
+          // Newest first, as run.ts would read it: the placeholder, this Ask's user message, then the ones before.
+          if (free.history) {
+            history =
+              free.user && assistantMessageId
+                ? [
+                    { id: assistantMessageId, role: "assistant", content: "", status: "streaming" },
+                    { id: free.user.id, role: "user", content: v.content, status: "complete" },
+                    ...free.history,
+                  ]
+                : [{ id: "", role: "user", content: v.content, status: "complete" }, ...free.history];
           }
-          const ask = await insertAsk(tx, {
-            id: askId,
-            tenant_id: tenantId,
-            session_id: v.sessionId,
-            status: "running",
-            request_id: v.requestId,
-            request_hash: v.hash,
-            user_message_id: userMessageId,
-            assistant_message_id: assistantMessageId,
-            model: model.id,
-            store: v.store,
-            owner: replicaId,
+        } else {
+          const agentPolicy = { policy: target.agent.concurrency_policy, enqueueTimeoutMs: target.agent.enqueue_timeout_ms };
+          const gateRequest = { ...v, tenantId, agentPolicy, askId, signal };
+          stored = await gate.acquire(gateRequest, async (tx, claim) => {
+            // The previous holder's lease expired: its replica is gone.
+            if (claim.previousAskId) {
+              await interruptAsk(tx, tenantId, claim.previousAskId);
+              tookOver = claim.previousAskId;
+            }
+            const ask = await insertAsk(tx, askRow);
+            // The state delta commits with the user message, or not at all; the scopes it returns render this turn.
+            const state = await updateState(tx, tenantId, v.sessionId, v.stateDelta, { field: "state_delta", locked: claim.session });
+            if (!userMessageId || !assistantMessageId) return { createTime: ask.create_time, user: undefined, state };
+            const { messages } = await appendMessages(tx, tenantId, v.sessionId, [
+              { id: userMessageId, role: "user", content: v.content, metadata: v.metadata, askId },
+              { id: assistantMessageId, role: "assistant", content: "", status: "streaming", askId, model: model.id },
+            ]);
+            return { createTime: ask.create_time, user: messages[0], state };
           });
-          // The state delta commits with the user message, or not at all; the scopes it returns render this turn.
-          const state = await updateState(tx, tenantId, v.sessionId, v.stateDelta, { field: "state_delta", locked: claim.session });
-          if (!userMessageId || !assistantMessageId) return { ask, user: undefined, state };
-          const { messages } = await appendMessages(tx, tenantId, v.sessionId, [
-            { id: userMessageId, role: "user", content: v.content, metadata: v.metadata, askId },
-            { id: assistantMessageId, role: "assistant", content: "", status: "streaming", askId, model: model.id },
-          ]);
-          return { ask, user: messages[0], state };
-        });
+        }
       } catch (err) {
         // A concurrent retry of the same request_id won the claim (or the insert): follow its Ask.
         const lostRace =
@@ -308,27 +348,26 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
               content: v.content,
               status: "complete",
               metadata: v.metadata,
-              time: stored.ask.create_time,
+              time: stored.createTime,
             }),
         userContent: v.content,
         assistantMessageId,
-        createTime: stored.ask.create_time,
+        createTime: stored.createTime,
+        ...(history ? { history } : {}),
       };
       let run: AskRun;
       try {
         run = await startRun(runDeps, spec);
       } catch (err) {
         // Nothing will run it: finish it now rather than leave the session claimed until the lease expires.
-        await db.transaction().execute((tx) =>
-          finishAsk(tx, {
-            tenantId,
-            sessionId: v.sessionId,
-            askId,
-            assistantMessageId,
-            content: "",
-            outcome: { status: "failed", usage: null, errorCode: "unavailable", errorMessage: "the Ask could not start" },
-          }),
-        );
+        await finishAsk(db, {
+          tenantId,
+          sessionId: v.sessionId,
+          askId,
+          assistantMessageId,
+          content: "",
+          outcome: { status: "failed", usage: null, errorCode: "unavailable", errorMessage: "the Ask could not start" },
+        });
         throw err;
       }
       runs.set(askId, run);

@@ -4,12 +4,15 @@ import type {
   AskRow,
   AskStatusText,
   Database,
+  JsonObject,
   MessageRow,
   MessageStatusText,
   NewAskRow,
   SessionRow,
   UsageJson,
 } from "../db/schema.js";
+import { insertAfterSession, type MessageInput } from "./messages.js";
+import type { LockedSession } from "./state.js";
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -194,14 +197,16 @@ const messageStatusOf: Record<AskOutcome["status"], MessageStatusText> = {
 };
 
 /**
- * Finishes a running Ask in one transaction: the assistant message gets its
- * final content, status and usage; the Ask its status; the session is released
- * (only if the claim is still this Ask's) and marked changed. Each write is
- * conditional on the row still being in progress, so an Ask already marked
- * INTERRUPTED by a replica that took the session over is left as it is.
+ * Finishes a running Ask in ONE statement (so it needs no transaction): the
+ * assistant message gets its final content, status and usage; the Ask its
+ * status; the session is released (only if the claim is still this Ask's) and
+ * marked changed. Each write is conditional on the row still being in
+ * progress, so an Ask already marked INTERRUPTED by a replica that took the
+ * session over is left as it is. Returns the assistant message as stored (undefined
+ * when it was not stored, or no longer streaming).
  */
 export async function finishAsk(
-  tx: Transaction<Database>,
+  db: Db,
   args: {
     readonly tenantId: string;
     readonly sessionId: string;
@@ -210,40 +215,27 @@ export async function finishAsk(
     readonly content: string;
     readonly outcome: AskOutcome;
   },
-): Promise<{ ask: AskRow | undefined; message: MessageRow | undefined }> {
+): Promise<{ message: MessageRow | undefined }> {
   const { tenantId, sessionId, askId, outcome } = args;
-  let message: MessageRow | undefined;
-  if (args.assistantMessageId) {
-    message = await tx
-      .updateTable("messages")
-      .set({
-        content: args.content,
-        status: messageStatusOf[outcome.status],
-        usage: outcome.usage ? JSON.stringify(outcome.usage) : null,
-        update_time: sql<Date>`now()`,
-      })
-      .where("id", "=", args.assistantMessageId)
-      .where("tenant_id", "=", tenantId)
-      .where("status", "=", "streaming")
-      .returningAll()
-      .executeTakeFirst();
-  }
-  const ask = await tx
-    .updateTable("asks")
-    .set({
-      status: outcome.status,
-      usage: outcome.usage ? JSON.stringify(outcome.usage) : null,
-      error_code: outcome.errorCode,
-      error_message: outcome.errorMessage,
-      finish_time: sql<Date>`now()`,
-    })
-    .where("id", "=", askId)
-    .where("tenant_id", "=", tenantId)
-    .where("status", "=", "running")
-    .returningAll()
-    .executeTakeFirst();
-  await releaseClaim(tx, tenantId, sessionId, askId);
-  return { ask, message };
+  const usage = outcome.usage ? JSON.stringify(outcome.usage) : null;
+  const { rows } = await sql<MessageRow>`
+    with m as (
+      update messages
+      set content = ${args.content}, status = ${messageStatusOf[outcome.status]}, usage = ${usage}::jsonb, update_time = now()
+      where id = ${args.assistantMessageId}::uuid and tenant_id = ${tenantId} and status = 'streaming'
+      returning *
+    ), a as (
+      update asks
+      set status = ${outcome.status}, usage = ${usage}::jsonb, error_code = ${outcome.errorCode}, error_message = ${outcome.errorMessage},
+          finish_time = now()
+      where id = ${askId} and tenant_id = ${tenantId} and status = 'running'
+      returning id
+    ), r as (
+      ${releaseClaimStatement(tenantId, sessionId, askId)}
+      returning id
+    )
+    select m.* from m`.execute(db);
+  return { message: rows[0] };
 }
 
 /**
@@ -415,17 +407,115 @@ export async function sweepExpiredClaim(db: Kysely<Database>, claim: ExpiredClai
  * after its replica died); the session's version moves, as for any change.
  */
 async function releaseClaim(tx: Transaction<Database>, tenantId: string, sessionId: string, askId: string): Promise<void> {
-  await tx
-    .updateTable("sessions")
-    .set((eb) => ({
-      active_ask_id: null,
-      lease_owner: null,
-      lease_expire_time: null,
-      update_time: sql<Date>`now()`,
-      version: eb("version", "+", 1),
-    }))
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .where("active_ask_id", "=", askId)
-    .execute();
+  await releaseClaimStatement(tenantId, sessionId, askId).execute(tx);
+}
+
+function releaseClaimStatement(tenantId: string, sessionId: string, askId: string) {
+  return sql`
+    update sessions
+    set active_ask_id = null, lease_owner = null, lease_expire_time = null, update_time = now(), version = version + 1
+    where id = ${sessionId} and tenant_id = ${tenantId} and active_ask_id = ${askId}`;
+}
+
+/** What claimFreeSession stored: the Ask's start time, the user message (when stored) and the state the turn renders. */
+export interface FreeClaim {
+  readonly askCreateTime: Date;
+  readonly user: MessageRow | undefined;
+  readonly state: LockedSession;
+  /**
+   * The last `historyLimit` messages before this Ask's own, newest first;
+   * undefined when the statement's snapshot may have missed one (an append
+   * committed while the claim waited for the session row), so read it again.
+   */
+  readonly history: HistoryRow[] | undefined;
+}
+
+/** What a turn's context needs of a message of its history. */
+export type HistoryRow = Pick<MessageRow, "id" | "role" | "content" | "status">;
+
+/**
+ * The fast path of starting an Ask, in ONE statement and no transaction: claims
+ * the session only if it is active, free (no Ask holds it, even with an
+ * expired lease) and nobody waits in its queue, and in the same statement
+ * stores the Ask and, with `messages`, the user message and the assistant's
+ * streaming placeholder (seq from the session row, as appendMessages does).
+ * The UPDATE takes the session row lock, so it serializes with every claim,
+ * queue place and append like the locked read of claimInOrder does; the
+ * user's and agent's state scopes are read, not locked, as claimInOrder reads
+ * them. Undefined when the session is not free, missing or archived: the
+ * caller then goes through the concurrency gate (policy.ts), which tells
+ * those apart, waits, queues or interrupts.
+ */
+export async function claimFreeSession(
+  db: Db,
+  args: {
+    readonly ask: NewAskRow & { readonly id: string; readonly tenant_id: string; readonly session_id: string };
+    readonly leaseMs: number;
+    /** How many of the messages before this Ask's own to return as its history. */
+    readonly historyLimit: number;
+    /** The user message and the assistant's placeholder (their ask_id is the Ask's); none when it stores nothing. */
+    readonly messages: readonly (MessageInput & { readonly id: string })[];
+  },
+): Promise<FreeClaim | undefined> {
+  const { ask, messages } = args;
+  const n = messages.length;
+  // `u.*` is the stored user message; the row is there (with nulls for u.*) when nothing is stored.
+  const { rows } = await sql<MessageRow & {
+    ask_create_time: Date;
+    s_user_id: string;
+    s_agent_id: string;
+    s_state: JsonObject;
+    user_state: JsonObject | null;
+    app_state: JsonObject | null;
+    history: (HistoryRow & { seq: number })[];
+  }>`
+    with s as (
+      update sessions
+      set active_ask_id = ${ask.id}, lease_owner = ${ask.owner ?? null}, lease_expire_time = ${leaseEnd(args.leaseMs)},
+          last_seq = last_seq + ${n}, message_count = message_count + ${n},
+          last_message_time = case when ${n} > 0 then clock_timestamp() else last_message_time end,
+          update_time = case when ${n} > 0 then clock_timestamp() else update_time end,
+          version = version + case when ${n} > 0 then 1 else 0 end
+      where id = ${ask.session_id} and tenant_id = ${ask.tenant_id} and status = 'active' and active_ask_id is null
+        and not exists (select 1 from ask_queue q where q.session_id = sessions.id and q.tenant_id = sessions.tenant_id)
+      returning id, tenant_id, user_id, agent_id, state, last_seq, update_time
+    ), a as (
+      -- clock_timestamp(): the Ask starts when it holds the claim.
+      insert into asks (id, tenant_id, session_id, status, request_id, request_hash, user_message_id, assistant_message_id, model, store, owner, create_time)
+      select ${ask.id}, s.tenant_id, s.id, ${ask.status}, ${ask.request_id ?? null}, ${ask.request_hash}, ${ask.user_message_id ?? null},
+             ${ask.assistant_message_id ?? null}, ${ask.model}, ${ask.store}, ${ask.owner ?? null}, clock_timestamp()
+      from s
+      returning create_time
+    ), m as (
+      ${insertAfterSession(messages.map((m) => ({ ...m, askId: ask.id })))}
+    )
+    select u.*, a.create_time as ask_create_time, s.user_id as s_user_id, s.agent_id as s_agent_id, s.state as s_state,
+           (select us.state from user_states us where us.tenant_id = s.tenant_id and us.user_id = s.user_id) as user_state,
+           (select aps.state from app_states aps where aps.tenant_id = s.tenant_id and aps.agent_id = s.agent_id) as app_state,
+           -- The history as of the statement's snapshot (which never holds the rows m inserts): one range scan.
+           (select coalesce(json_agg(json_build_object('id', h.id, 'seq', h.seq, 'role', h.role, 'content', h.content, 'status', h.status)
+                                     order by h.seq desc), '[]'::json)
+            from (select id, seq, role, content, status from messages
+                  where session_id = s.id and tenant_id = s.tenant_id and seq <= s.last_seq - ${n}
+                  order by seq desc limit ${args.historyLimit}) h) as history,
+           s.last_seq - ${n} as previous_seq
+    from s cross join a left join m u on u.role = 'user'`.execute(db);
+  const row = rows[0];
+  if (!row) return undefined;
+  const { ask_create_time, s_user_id, s_agent_id, s_state, user_state, app_state, history, previous_seq, ...user } = row as typeof row & {
+    previous_seq: number;
+  };
+  // Complete when its newest message is the one right before this Ask's (or the session had none).
+  const complete = args.historyLimit === 0 || (history[0]?.seq ?? 0) === previous_seq;
+  return {
+    askCreateTime: ask_create_time,
+    history: complete ? history.map(({ id, role, content, status }) => ({ id, role, content, status })) : undefined,
+    user: user.id ? (user as MessageRow) : undefined,
+    state: {
+      owner: { sessionId: ask.session_id, userId: s_user_id, agentId: s_agent_id },
+      state: s_state,
+      user: user_state ?? {},
+      app: app_state ?? {},
+    },
+  };
 }

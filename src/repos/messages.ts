@@ -28,82 +28,133 @@ export interface MessageInput {
 export interface AppendOptions {
   /** Compare-and-swap on sessions.last_seq: ABORTED when another append came first. */
   readonly expectedLastSeq?: number;
+  /**
+   * Records the appended ids under an AppendMessages request_id in the same
+   * statement; a request_id already recorded raises append_requests' unique
+   * violation (see isDuplicateAppendRequest) and nothing is stored.
+   */
+  readonly record?: { readonly requestId: string; readonly requestHash: string };
+}
+
+/** Every column of sessions, returned by the append statement with an `s_` prefix next to each message row. */
+const SESSION_COLUMNS = [
+  "id",
+  "tenant_id",
+  "agent_id",
+  "user_id",
+  "name",
+  "metadata",
+  "state",
+  "status",
+  "message_count",
+  "last_seq",
+  "last_message_time",
+  "version",
+  "create_time",
+  "update_time",
+  "active_ask_id",
+  "lease_owner",
+  "lease_expire_time",
+] as const satisfies readonly (keyof SessionRow)[];
+// Compile-time check that the list names every column: a column added to sessions must be added here.
+const sessionColumnsComplete: [Exclude<keyof SessionRow, (typeof SESSION_COLUMNS)[number]>] extends [never] ? true : never = true;
+void sessionColumnsComplete;
+
+const sessionSelection = sql.join(SESSION_COLUMNS.map((c) => sql`s.${sql.ref(c)} as ${sql.ref(`s_${c}`)}`));
+
+type AppendedRow = MessageRow & { [K in (typeof SESSION_COLUMNS)[number] as `s_${K}`]: SessionRow[K] };
+
+/**
+ * The INSERT of a data-modifying CTE that stores `inputs` right after the
+ * session row of a CTE named `s` (an UPDATE that moved its last_seq by
+ * inputs.length, RETURNING id, tenant_id, last_seq and update_time): consecutive
+ * seq ending at s.last_seq, the session's update_time as their times, RETURNING *.
+ * Nothing is inserted when `s` is empty. Used by appendMessages and by the Ask's claim.
+ */
+export function insertAfterSession(inputs: readonly (MessageInput & { readonly id: string })[]) {
+  const n = inputs.length;
+  return sql`
+      insert into messages (id, tenant_id, session_id, seq, role, content, status, metadata, ask_id, model, create_time, update_time)
+      select v.id, s.tenant_id, s.id, s.last_seq - ${n} + v.ord::int, v.role, v.content, v.status, v.metadata,
+             v.ask_id, v.model, s.update_time, s.update_time
+      from s, unnest(
+        ${inputs.map((m) => m.id)}::uuid[], ${inputs.map((m) => m.role)}::text[], ${inputs.map((m) => m.content)}::text[],
+        ${inputs.map((m) => m.status ?? "complete")}::text[], ${inputs.map((m) => JSON.stringify(m.metadata ?? {}))}::jsonb[],
+        ${inputs.map((m) => m.askId ?? null)}::uuid[], ${inputs.map((m) => m.model ?? "")}::text[]
+      ) with ordinality as v(id, role, content, status, metadata, ask_id, model, ord)
+      returning *`;
 }
 
 /**
- * Appends messages to a session with consecutive seq numbers. Must run inside a
- * transaction: the UPDATE of the session row takes its row lock, so concurrent
- * appenders are serialized on that row and seq is gap-free (the counter and the
- * rows commit together or not at all).
+ * Appends messages to a session with consecutive seq numbers, in ONE
+ * statement (a data-modifying CTE), so it needs no transaction of its own and
+ * costs one round trip: the UPDATE of the session row takes its row lock, so
+ * concurrent appenders are serialized on that row, and the counter, the rows
+ * (and the request_id record) commit together or not at all. Inside a
+ * transaction it joins it like any statement.
  */
 export async function appendMessages(
-  tx: Transaction<Database>,
+  db: Db,
   tenantId: string,
   sessionId: string,
   inputs: readonly MessageInput[],
   options: AppendOptions = {},
 ): Promise<{ session: SessionRow; messages: MessageRow[] }> {
   const n = inputs.length;
-  let q = tx
-    .updateTable("sessions")
-    .set((eb) => ({
-      last_seq: eb("last_seq", "+", n),
-      message_count: eb("message_count", "+", n),
-      // clock_timestamp(): taken once this UPDATE holds the row lock, so
-      // messages' times follow their seq order even when the transaction
-      // began before an earlier appender committed.
-      last_message_time: sql<Date>`clock_timestamp()`,
-      update_time: sql<Date>`clock_timestamp()`,
-      version: eb("version", "+", 1),
-    }))
+  const ids = inputs.map((m) => m.id ?? newId());
+  const cas = options.expectedLastSeq !== undefined ? sql`and last_seq = ${options.expectedLastSeq}` : sql``;
+  const record = options.record
+    ? sql`, r as (
+        insert into append_requests (tenant_id, session_id, request_id, request_hash, message_ids)
+        select s.tenant_id, s.id, ${options.record.requestId}, ${options.record.requestHash}, ${JSON.stringify(ids)}::jsonb from s
+      )`
+    : sql``;
+  // clock_timestamp(): taken once the UPDATE holds the row lock, so messages'
+  // times follow their seq order even when the statement (or its transaction)
+  // began before an earlier appender committed.
+  const { rows } = await sql<AppendedRow>`
+    with s as (
+      update sessions
+      set last_seq = last_seq + ${n}, message_count = message_count + ${n},
+          last_message_time = clock_timestamp(), update_time = clock_timestamp(), version = version + 1
+      where id = ${sessionId} and tenant_id = ${tenantId} and status = 'active' ${cas}
+      returning *
+    ), m as (
+      ${insertAfterSession(
+        inputs.map((m, i) => ({ ...m, id: ids[i]! })),
+      )}
+    )${record}
+    select m.*, ${sessionSelection} from m, s order by m.seq`.execute(db);
+  const first = rows[0];
+  if (!first) throw await diagnoseMiss(db, tenantId, sessionId, options);
+  const session = Object.fromEntries(SESSION_COLUMNS.map((c) => [c, first[`s_${c}`]])) as unknown as SessionRow;
+  const messages = rows.map((r) => {
+    const m: Record<string, unknown> = { ...r };
+    for (const c of SESSION_COLUMNS) delete m[`s_${c}`];
+    return m as unknown as MessageRow;
+  });
+  return { session, messages };
+}
+
+/** Why an append matched no session (rare path): unknown, archived, or lost the expected_last_seq race. */
+async function diagnoseMiss(db: Db, tenantId: string, sessionId: string, options: AppendOptions): Promise<Error> {
+  const s = await db
+    .selectFrom("sessions")
+    .select(["status", "last_seq"])
     .where("id", "=", sessionId)
     .where("tenant_id", "=", tenantId)
-    .where("status", "=", "active");
-  if (options.expectedLastSeq !== undefined) q = q.where("last_seq", "=", options.expectedLastSeq);
-  const session = await q.returningAll().executeTakeFirst();
-  if (!session) {
-    // Diagnose the miss (rare path): unknown, archived, or lost the race.
-    const s = await tx
-      .selectFrom("sessions")
-      .select(["status", "last_seq"])
-      .where("id", "=", sessionId)
-      .where("tenant_id", "=", tenantId)
-      .executeTakeFirst();
-    if (!s) throw notFound("session", sessionId);
-    if (s.status !== "active") {
-      throw failedPrecondition(`session "${sessionId}" is archived; unarchive it first`, "SESSION_ARCHIVED", {
-        session_id: sessionId,
-      });
-    }
-    throw aborted(
-      `session "${sessionId}" has last_seq ${s.last_seq}, not the expected ${options.expectedLastSeq}`,
-      "LAST_SEQ_MISMATCH",
-      { session_id: sessionId, last_seq: String(s.last_seq), expected_last_seq: String(options.expectedLastSeq) },
-    );
+    .executeTakeFirst();
+  if (!s) return notFound("session", sessionId);
+  if (s.status !== "active") {
+    return failedPrecondition(`session "${sessionId}" is archived; unarchive it first`, "SESSION_ARCHIVED", {
+      session_id: sessionId,
+    });
   }
-  const first = session.last_seq - n + 1;
-  const messages = await tx
-    .insertInto("messages")
-    .values(
-      inputs.map((m, i) => ({
-        id: m.id ?? newId(),
-        tenant_id: tenantId,
-        session_id: sessionId,
-        seq: first + i,
-        role: m.role,
-        content: m.content,
-        status: m.status ?? "complete",
-        metadata: JSON.stringify(m.metadata ?? {}),
-        ask_id: m.askId ?? null,
-        model: m.model ?? "",
-        create_time: session.update_time,
-        update_time: session.update_time,
-      })),
-    )
-    .returningAll()
-    .execute();
-  messages.sort((a, b) => a.seq - b.seq);
-  return { session, messages };
+  return aborted(
+    `session "${sessionId}" has last_seq ${s.last_seq}, not the expected ${options.expectedLastSeq}`,
+    "LAST_SEQ_MISMATCH",
+    { session_id: sessionId, last_seq: String(s.last_seq), expected_last_seq: String(options.expectedLastSeq) },
+  );
 }
 
 /** The last `limit` messages of a session (seq descending), optionally below a seq: one index range scan on (session_id, seq). */
@@ -299,27 +350,6 @@ export async function findAppendRequest(
     .where("tenant_id", "=", tenantId)
     .executeTakeFirst();
   return row && { messageIds: row.message_ids, requestHash: row.request_hash };
-}
-
-/** Records the messages an AppendMessages stored under its request_id (a duplicate raises the primary key's unique violation). */
-export async function recordAppendRequest(
-  tx: Transaction<Database>,
-  tenantId: string,
-  sessionId: string,
-  requestId: string,
-  requestHash: string,
-  messageIds: readonly string[],
-): Promise<void> {
-  await tx
-    .insertInto("append_requests")
-    .values({
-      tenant_id: tenantId,
-      session_id: sessionId,
-      request_id: requestId,
-      request_hash: requestHash,
-      message_ids: JSON.stringify(messageIds),
-    })
-    .execute();
 }
 
 /** True for the unique violation of append_requests' primary key: an identical request committed first. */

@@ -26,7 +26,6 @@ import {
   getMessagesByIds,
   isDuplicateAppendRequest,
   listMessages,
-  recordAppendRequest,
   setFeedback,
   updateMessage,
   type MessageInput,
@@ -145,33 +144,32 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
         return { session, messages: await getMessagesByIds(q, tenantId, sessionId, ids) };
       };
 
+      // A plain append is one statement (no transaction); a state delta must
+      // commit with the messages, so that path runs both in one transaction.
+      const append = async (q: Kysely<Database> | Transaction<Database>) => {
+        // The record is checked before the CAS: a retry of a successful
+        // conditional append must replay, not fail on the seq it moved.
+        if (requestId !== "") {
+          const prior = await findAppendRequest(q, tenantId, sessionId, requestId);
+          if (prior) return replay(q, prior);
+        }
+        return appendMessages(q, tenantId, sessionId, inputs, {
+          ...(expectedLastSeq !== undefined ? { expectedLastSeq } : {}),
+          ...(requestId !== "" ? { record: { requestId, requestHash } } : {}),
+        });
+      };
       try {
+        if (isEmptyDelta(stateDelta)) return respond(await append(db));
         return respond(
           await db.transaction().execute(async (tx) => {
-            // The record is checked before the CAS: a retry of a successful
-            // conditional append must replay, not fail on the seq it moved.
-            if (requestId !== "") {
-              const prior = await findAppendRequest(tx, tenantId, sessionId, requestId);
-              if (prior) return replay(tx, prior);
-            }
-            // The state delta commits with the messages, or not at all (first, so the returned session shows it).
-            if (!isEmptyDelta(stateDelta)) await updateState(tx, tenantId, sessionId, stateDelta, { field: "state_delta" });
-            const r = await appendMessages(
-              tx,
-              tenantId,
-              sessionId,
-              inputs,
-              expectedLastSeq !== undefined ? { expectedLastSeq } : {},
-            );
-            if (requestId !== "") {
-              await recordAppendRequest(tx, tenantId, sessionId, requestId, requestHash, r.messages.map((m) => m.id));
-            }
-            return r;
+            // First, so the returned session shows it.
+            await updateState(tx, tenantId, sessionId, stateDelta, { field: "state_delta" });
+            return append(tx);
           }),
         );
       } catch (err) {
         // An identical request committed while this one waited for the session
-        // row lock: this one rolled back, and answers with the first one's messages.
+        // row lock: this one stored nothing, and answers with the first one's messages.
         if (requestId !== "" && isDuplicateAppendRequest(err)) {
           const prior = await findAppendRequest(db, tenantId, sessionId, requestId);
           if (prior) return respond(await replay(db, prior));

@@ -2,10 +2,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { SessionService, type AskEvent } from "../../gen/parley/v1/session_pb.js";
 import { createTestApp, type TestApp } from "../helpers/app.js";
-import { collect } from "../helpers/ask-stream.js";
-import { createFakeModels, tokensModel } from "../helpers/fake-models.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { collect, readUntilDeltas } from "../helpers/ask-stream.js";
+import { controlledModel, createFakeModels, tokensModel } from "../helpers/fake-models.js";
 
 // Text deltas are coalesced for the event log: fewer entries, the same text, gap-free seqs.
+const textOf = (events: AskEvent[]) => events.map((e) => (e.event.case === "textDelta" ? e.event.value.text : "")).join("");
+
 const TOKENS = Array.from({ length: 200 }, (_, i) => `${i},`);
 
 describe("coalesced text deltas", () => {
@@ -25,8 +28,6 @@ describe("coalesced text deltas", () => {
     return collect(sessions.ask({ sessionId: session!.id, content: "go" }));
   }
 
-  const textOf = (events: AskEvent[]) => events.map((e) => (e.event.case === "textDelta" ? e.event.value.text : "")).join("");
-
   it("merges a burst of tokens into fewer deltas without changing the text or leaving seq gaps", async () => {
     const events = await ask("fake:burst");
     const deltas = events.filter((e) => e.event.case === "textDelta");
@@ -45,5 +46,40 @@ describe("coalesced text deltas", () => {
     expect(events.filter((e) => e.event.case === "textDelta").map((e) => (e.event.value as { text: string }).text)).toEqual(
       TOKENS.slice(0, 5),
     );
+  });
+});
+
+describe("partial answers flushed while deltas are held for coalescing", () => {
+  it("store only text whose deltas are in the log, so whoever resumes after a crash has seen all of the stored answer", async () => {
+    const model = controlledModel();
+    // A window far longer than the test keeps later tokens out of the log; the flush ticks every 10 ms.
+    const t = await createTestApp({ models: createFakeModels({ ctl: model }), config: { askDeltaCoalesceMs: 60_000, flushIntervalMs: 10 } });
+    try {
+      const { agent } = await t.client(AgentService).createAgent({ agent: { name: "c", model: "fake:ctl" } });
+      const sessions = t.client(SessionService);
+      const { session } = await sessions.createSession({ session: { agentId: agent!.id, userId: "u" } });
+      const stream = sessions.ask({ sessionId: session!.id, content: "go" });
+      const call = await model.call(0);
+      call.push("first ");
+      const { events, rest } = await readUntilDeltas(stream, 1);
+      const started = events[0]!.event;
+      const messageId = started.case === "started" ? started.value.assistantMessageId : "";
+      const stored = async () =>
+        (await t.app.db.selectFrom("messages").select("content").where("id", "=", messageId).executeTakeFirstOrThrow()).content;
+      // The first delta is logged at once; these two wait in the window.
+      call.push("held ");
+      call.push("back");
+      while ((await stored()) === "") await sleep(10);
+      // Thirty flush ticks: none of them may write text the log does not have.
+      await sleep(300);
+      expect(await stored()).toBe("first ");
+
+      call.finish();
+      const tail = await rest;
+      expect(textOf([...events, ...tail])).toBe("first held back");
+      expect(await stored()).toBe("first held back");
+    } finally {
+      await t.close();
+    }
   });
 });
