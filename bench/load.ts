@@ -80,6 +80,15 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
   const marks = new Map<string, hdr.Histogram>();
   let measuring = false;
   let stop = false;
+  // The measured window ends when the phase does: operations still in flight then finish
+  // (the workers stop after them) but neither count nor add to the window, just as the
+  // ones in flight when it began count without having started in it, so the throughput
+  // is unbiased for operations of any length.
+  let stopAt: number | undefined;
+  const end = () => {
+    stop = true;
+    stopAt ??= performance.now();
+  };
   let ops = 0;
   let units = 0;
   let errors = 0;
@@ -116,7 +125,7 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
           record(latency, performance.now() - t0);
           ops++;
           units += typeof n === "number" ? n : 1;
-          if (target !== undefined && ops >= target) stop = true;
+          if (target !== undefined && ops >= target) end();
         }
       } catch (err) {
         if (measuring) {
@@ -143,9 +152,9 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
   measuring = true;
   const start = performance.now();
   let timer: NodeJS.Timeout | undefined;
-  if (target === undefined) timer = setTimeout(() => (stop = true), durationMs);
+  if (target === undefined) timer = setTimeout(end, durationMs);
   await running;
-  const seconds = (performance.now() - start) / 1000;
+  const seconds = ((stopAt ?? performance.now()) - start) / 1000;
   clearTimeout(timer);
   clearInterval(ticker);
   bar?.update(100, { phase: "done", ops });

@@ -167,7 +167,7 @@ export function goals(r: BenchResults): Goal[] {
   if (r.memory) {
     const kb = r.memory.bytesPerStreamHeap! / 1024;
     out.push({
-      goal: `Server memory per open streaming Ask (${r.memory.streams} slow Asks; heap+external after GC)`,
+      goal: `Server memory per open streaming Ask (${r.memory.open ?? r.memory.streams} of ${r.memory.streams} slow Asks open; heap+external after GC)`,
       measured: `${fmt(kb)} KB (RSS: ${fmt(r.memory.bytesPerStreamRss! / 1024)} KB)`,
       baseline: "50 KB (absolute)",
       ratio: kb / 50,
@@ -185,7 +185,7 @@ export function goals(r: BenchResults): Goal[] {
       for (const op of ["append", "load"]) {
         const p = run(`${peer}.${op}.h${h}`);
         const m = run(`parley.peer.${op}.h${h}`);
-        const what = op === "append" ? "append a turn" : "load the last 20";
+        const what = op === "append" ? "append a message" : "load the last 20";
         atLeast(`Parley vs ${peer === "adk" ? "ADK" : "LangGraph"} (in-process): ${what}/s at ${h.toLocaleString("en-US")} turns`, `parley.peer.${op}.h${h}`, m?.throughput, `${peer}.${op}.h${h}`, p?.throughput, min);
       }
     }
@@ -377,10 +377,12 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     r.memory
       ? table(
-          ["streams", "started", "heap+external before → during", "per stream", "RSS before → during", "RSS per stream"],
-          [[r.memory.streams!, r.memory.started!, `${fmt(r.memory.heapBefore! / 2 ** 20)} → ${fmt(r.memory.heapDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamHeap! / 1024)} KB`, `${fmt(r.memory.rssBefore! / 2 ** 20)} → ${fmt(r.memory.rssDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamRss! / 1024)} KB`]],
+          ["streams", "started", "open when measured", "failed", "heap+external before → during", "per open stream", "RSS before → during", "RSS per open stream"],
+          [[r.memory.streams!, r.memory.started!, r.memory.open ?? "–", r.memory.failed ?? "–", `${fmt(r.memory.heapBefore! / 2 ** 20)} → ${fmt(r.memory.heapDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamHeap! / 1024)} KB`, `${fmt(r.memory.rssBefore! / 2 ** 20)} → ${fmt(r.memory.rssDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamRss! / 1024)} KB`]],
         )
       : "Not run.",
+    "",
+    "Opened in waves of 200, each waiting for its first tokens, until all are open or a wave does not fully start; memory is read while the started answers still stream and divided by the streams open then.",
     "",
     "## Scenario 5: embedded PGlite against server Postgres",
     "",
@@ -389,7 +391,9 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "## Peers on the same Postgres, in-process, same concurrency",
     "",
     `ADK: ${r.peers.adk ? (r.peers.adk.status === "ok" ? "ran" : `could not run: ${r.peers.adk.error}`) : "not run"}. LangGraph: ${r.peers.langgraph ? (r.peers.langgraph.status === "ok" ? "ran" : `could not run: ${r.peers.langgraph.error}`) : "not run"}.`,
-    "Parley's side: AppendMessages(1) and ListMessages(last 20) over gRPC; ADK: `appendEvent` and `getSession({numRecentEvents: 20})`, `listSessions`; LangGraph: `put` of a checkpoint that adds one message to a messages channel, `getTuple` of the latest. Ratio: Parley's ops/s over the peer's.",
+    "The same conversation on all three sides (`bench/peers.ts`): a turn is a user message of 200 characters and an answer of 1,000 (varied prose; the answer carries its model, finish reason and token counts in each framework's own fields), and a history of N turns is 2N messages, seeded in bulk (Parley's rows and copies of the events ADK appended, in SQL; one LangGraph checkpoint holding them all). " +
+      "Append (`*.append.*`) stores the conversation's next message, user and answer in turn: Parley AppendMessages(1) over gRPC; ADK `appendEvent` of the event its Runner (user) or LlmAgent (answer) creates; LangGraph `put` of the checkpoint a `StateGraph(MessagesAnnotation)` writes when a node adds one message (LangChain `HumanMessage`/`AIMessage` objects, the whole `messages` channel stored as one blob by the saver's serde; the input checkpoint and the `putWrites` of a real turn are not counted). " +
+      "Load (`*.load.*`) reads the last 20 messages: ListMessages(last 20); `getSession({numRecentEvents: 20})`; `getTuple` of the latest checkpoint, which holds the whole history. `listSessions` of one user against ListSessions. Each run starts with one round of all workers' operations and is measured for at least two such rounds, or one more round when a round takes over 30 s (notes above). Ratio: Parley's ops/s over the peer's.",
     "",
     runTable(
       r,

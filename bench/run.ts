@@ -15,7 +15,7 @@ import { createParleyClient, MessageRole, type NodeParleyClient } from "../src/c
 import { EchoService } from "./echo.js";
 import { runLoad, type LoadResult, type Operation } from "./load.js";
 import { FAST_MODEL, FAST_TOKEN_TEXT, FAST_TOKENS, SLOW_MODEL } from "./models.js";
-import { createAdkPeer, createLangGraphPeer } from "./peers.js";
+import { ANSWER_INFO, ANSWER_TEXTS, chatMessage, createAdkPeer, createLangGraphPeer, USER_TEXTS } from "./peers.js";
 import { renderReport, type BenchResults, type RunRecord, versionsOf } from "./report.js";
 import type { ParentMessage, ServerMessage } from "./server.js";
 
@@ -466,8 +466,15 @@ async function scenario3(url: string): Promise<void> {
   }
 }
 
+/**
+ * Scenario 4: up to profile.streams slow Asks open at once. They are opened in waves of 200,
+ * each wave waiting (up to 30 s) for its first tokens, until all are open or a wave does not
+ * fully start; memory is then read while every started answer is still streaming (they last
+ * 60 s), and divided by the streams open at that moment.
+ */
 async function scenario4(server: BenchServer, agentId: string): Promise<Record<string, number>> {
   const n = profile.streams;
+  const wave = Math.min(200, n);
   const sessions: string[] = [];
   for (let i = 0; i < n; i += 50) {
     sessions.push(...(await Promise.all(Array.from({ length: Math.min(50, n - i) }, () => newSession(server.client, agentId)))));
@@ -475,63 +482,150 @@ async function scenario4(server: BenchServer, agentId: string): Promise<Record<s
   const before = await server.memory();
   const abort = new AbortController();
   let started = 0;
-  let allStarted!: () => void;
-  const startedAll = new Promise<void>((r) => (allStarted = r));
-  const streams = sessions.map(async (sessionId) => {
-    try {
+  let ended = 0;
+  let failed = 0;
+  const open = (sessionId: string, onFirst: () => void) =>
+    (async () => {
       let first = true;
-      for await (const ev of server.client.ask({ sessionId, content: CONTENT }, { signal: abort.signal })) {
-        if (ev.event.case === "textDelta" && first) {
-          first = false;
-          if (++started === n) allStarted();
+      try {
+        for await (const ev of server.client.ask({ sessionId, content: CONTENT }, { signal: abort.signal })) {
+          if (ev.event.case === "textDelta" && first) {
+            first = false;
+            started++;
+            onFirst();
+          }
         }
+      } catch {
+        if (!abort.signal.aborted) failed++;
+      } finally {
+        if (!first) ended++;
+        onFirst();
       }
-    } catch {
-      // Aborted by the bench.
-    }
-  });
-  const timeout = setTimeout(allStarted, 120_000);
-  await startedAll;
-  clearTimeout(timeout);
+    })();
+  const streams: Promise<void>[] = [];
+  for (let i = 0; i < n; i += wave) {
+    const batch = sessions.slice(i, i + wave);
+    let settled = 0;
+    const waveStarted = started;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 30_000);
+      const onFirst = () => {
+        if (++settled === batch.length) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      for (const sessionId of batch) streams.push(open(sessionId, onFirst));
+    });
+    if (started - waveStarted < batch.length) break;
+  }
   // Let a few tokens flow through every stream before measuring.
   await new Promise((r) => setTimeout(r, 1_000));
   const during = await server.memory();
+  const openNow = started - ended;
   abort.abort();
   await Promise.all(streams);
   const heap = (m: typeof before) => m.heapUsed + m.external + m.arrayBuffers;
   return {
     streams: n,
     started,
+    open: openNow,
+    failed,
     rssBefore: before.rss,
     rssDuring: during.rss,
     heapBefore: heap(before),
     heapDuring: heap(during),
-    bytesPerStreamHeap: (heap(during) - heap(before)) / n,
-    bytesPerStreamRss: (during.rss - before.rss) / n,
+    bytesPerStreamHeap: (heap(during) - heap(before)) / Math.max(1, openNow),
+    bytesPerStreamRss: (during.rss - before.rss) / Math.max(1, openNow),
   };
+}
+
+/** Parley's answer metadata: what the model reported, as peers.ts' ADK and LangGraph answers carry it. */
+const PEER_ANSWER_METADATA = {
+  model: `openai:${ANSWER_INFO.model}`,
+  finish_reason: ANSWER_INFO.finishReason,
+  usage: {
+    input_tokens: ANSWER_INFO.inputTokens,
+    output_tokens: ANSWER_INFO.outputTokens,
+    total_tokens: ANSWER_INFO.inputTokens + ANSWER_INFO.outputTokens,
+  },
+};
+
+/** Adds `turns` turns (peers.ts' user message and answer each) to a session directly in SQL. */
+async function seedTurns(pool: pg.Pool, sessionId: string, turns: number): Promise<void> {
+  await pool.query(
+    `insert into messages (id, tenant_id, session_id, seq, role, content, status, metadata)
+     select gen_random_uuid(), s.tenant_id, s.id, s.last_seq + g,
+            case when g % 2 = 1 then 'user' else 'assistant' end,
+            case when g % 2 = 1 then ($3::text[])[1 + ((g - 1) / 2) % $5::int] else ($4::text[])[1 + ((g - 1) / 2) % $5::int] end,
+            'complete',
+            case when g % 2 = 1 then '{}'::jsonb else $6::jsonb end
+     from sessions s, generate_series(1, $2::int) g where s.id = $1`,
+    [sessionId, 2 * turns, USER_TEXTS, ANSWER_TEXTS, USER_TEXTS.length, JSON.stringify(PEER_ANSWER_METADATA)],
+  );
+  await pool.query(
+    `update sessions set last_seq = last_seq + $2, message_count = message_count + $2, last_message_time = now() where id = $1`,
+    [sessionId, 2 * turns],
+  );
+}
+
+/** AppendMessages of the conversation's next message (the first is message `first`), user and answer in turn. */
+function peerAppendOp(client: NodeParleyClient, sessionId: string, first: number): Operation {
+  let i = first;
+  return async () => {
+    const m = chatMessage(i++);
+    const message =
+      m.role === "user"
+        ? { role: MessageRole.USER, content: m.text }
+        : { role: MessageRole.ASSISTANT, content: m.text, metadata: PEER_ANSWER_METADATA };
+    await client.messages.appendMessages({ sessionId, messages: [message] });
+  };
+}
+
+/**
+ * One run of the peer comparison. Before the clock starts, every worker runs its operation
+ * once, all at the same time (a warm-up round that also times one round); the measured phase
+ * then lasts at least two such rounds, so that even the slowest operations (LangGraph's and
+ * ADK's at long histories take seconds) complete many times in it. An operation whose round
+ * takes over 30 s is measured for one more round instead (ops = concurrency), to bound the run.
+ */
+async function peerLoad(id: string, tags: RunRecord["tags"], make: () => Promise<Operation>): Promise<void> {
+  const c = profile.peerConcurrency;
+  const ops = await Promise.all(Array.from({ length: c }, () => make()));
+  const t0 = performance.now();
+  // A failing operation fails in the measured phase too, where runLoad counts it.
+  await Promise.allSettled(ops.map((op) => op({ mark() {} })));
+  const round = performance.now() - t0;
+  if (round > 30_000 && profile.ops === undefined) {
+    notes.push(`\`${id}\`: measured for one round of ${c} operations (its warm-up round took ${(round / 1000).toFixed(0)} s).`);
+    await load(id, tags, { concurrency: c, ops: c }, async (i) => ops[i]!);
+    return;
+  }
+  const durationMs = Math.max(profile.durationMs, Math.ceil(2 * round));
+  if (durationMs > profile.durationMs && profile.ops === undefined) {
+    notes.push(`\`${id}\`: measured for ${(durationMs / 1000).toFixed(0)} s, two rounds of its ${(round / 1000).toFixed(1)} s warm-up round.`);
+  }
+  await load(id, tags, { concurrency: c, durationMs }, async (i) => ops[i]!);
 }
 
 async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: string): Promise<BenchResults["peers"]> {
   const c = profile.peerConcurrency;
   const status: BenchResults["peers"] = {};
-  // Parley at the same history lengths and concurrency, for the side-by-side ratios.
+  // Parley at the same history lengths (turns) and concurrency, with the same messages as the
+  // peers (bench/peers.ts), for the side-by-side ratios.
   for (const h of profile.peerHistory) {
     const seeded = async () => {
       const id = await newSession(parleyServer.client, agentId);
-      if (h > 0) await seedHistory(parleyPool, id, h);
+      if (h > 0) await seedTurns(parleyPool, id, h);
       return id;
     };
     const tags = (op: string) => ({ system: "parley", op, history: h, concurrency: c });
-    await load(`parley.peer.append.h${h}`, tags("append"), { concurrency: c }, async () =>
-      appendOp(parleyServer.client, await seeded()),
-    );
-    await load(`parley.peer.load.h${h}`, tags("load"), { concurrency: c }, async () =>
-      listOp(parleyServer.client, await seeded()),
-    );
+    await peerLoad(`parley.peer.append.h${h}`, tags("append"), async () => peerAppendOp(parleyServer.client, await seeded(), 2 * h));
+    await peerLoad(`parley.peer.load.h${h}`, tags("load"), async () => listOp(parleyServer.client, await seeded()));
   }
   {
     const tags = { system: "parley", op: "list-sessions", history: profile.peerHistory[0]!, concurrency: c };
-    await load(`parley.peer.list-sessions`, tags, { concurrency: c }, async () => {
+    await peerLoad(`parley.peer.list-sessions`, tags, async () => {
       const userId = `user-${uuidv7()}`;
       await newSession(parleyServer.client, agentId, userId);
       return async () => {
@@ -544,13 +638,11 @@ async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: st
     try {
       for (const h of profile.peerHistory) {
         const tags = (op: string) => ({ system: "adk", op, history: h, concurrency: c });
-        await load(`adk.append.h${h}`, tags("append"), { concurrency: c }, () => adk.appendWorker(h));
-        await load(`adk.load.h${h}`, tags("load"), { concurrency: c }, () => adk.loadWorker(h));
+        await peerLoad(`adk.append.h${h}`, tags("append"), () => adk.appendWorker(h));
+        await peerLoad(`adk.load.h${h}`, tags("load"), () => adk.loadWorker(h));
       }
       const h = profile.peerHistory[0]!;
-      await load(`adk.list-sessions`, { system: "adk", op: "list-sessions", history: h, concurrency: c }, { concurrency: c }, () =>
-        adk.listWorker(h),
-      );
+      await peerLoad(`adk.list-sessions`, { system: "adk", op: "list-sessions", history: h, concurrency: c }, () => adk.listWorker(h));
       status.adk = { status: "ok" };
     } finally {
       await adk.close();
@@ -564,8 +656,8 @@ async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: st
     try {
       for (const h of profile.peerHistory) {
         const tags = (op: string) => ({ system: "langgraph", op, history: h, concurrency: c });
-        await load(`langgraph.append.h${h}`, tags("append"), { concurrency: c }, () => lg.appendWorker(h));
-        await load(`langgraph.load.h${h}`, tags("load"), { concurrency: c }, () => lg.loadWorker(h));
+        await peerLoad(`langgraph.append.h${h}`, tags("append"), () => lg.appendWorker(h));
+        await peerLoad(`langgraph.load.h${h}`, tags("load"), () => lg.loadWorker(h));
       }
       status.langgraph = { status: "ok" };
     } finally {
