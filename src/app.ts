@@ -106,7 +106,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     }
     const health = createHealthMonitor(database, log, bus.redis ? { redis: bus.redis } : {});
     // Session changes reach every replica through Postgres NOTIFY (see session-feed.ts).
-    const feed = await createSessionFeed(database.listen, log);
+    const feed = await createSessionFeed(database.listen, { db, log });
     const memories = createMemorySearcher(embedder, log);
     // One ticker renews the leases of all of this replica's Asks and flushes their partial answers.
     const heartbeat = createAskHeartbeat({ db, log, replicaId, leaseMs: config.askLeaseMs, flushIntervalMs: config.flushIntervalMs });

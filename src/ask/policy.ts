@@ -150,12 +150,15 @@ export function createSessionGate(deps: SessionGateDeps): SessionGate {
       const deadline = Date.now() + enqueueTimeoutMs;
 
       // Subscribed before the first look, so a release between the look and the wait still wakes it.
+      // REJECT never waits, and a subscription costs a write (the session's watch mark).
       let changed = false;
       let wake: (() => void) | undefined;
-      const unsubscribe = feed.subscribe(sessionId, () => {
-        changed = true;
-        wake?.();
-      });
+      const unsubscribe = queue
+        ? await feed.subscribe(tenantId, sessionId, () => {
+            changed = true;
+            wake?.();
+          })
+        : () => {};
       const interrupted = new Set<string>();
       let queued = false;
       try {

@@ -57,7 +57,7 @@ export function createSessionWatch(deps: SessionWatchDeps) {
     // Subscribed before the first read: a change between a read and the wait still wakes the loop.
     let changed = false;
     let wake: (() => void) | undefined;
-    const unsubscribe = feed.subscribe(sessionId, () => {
+    const unsubscribe = await feed.subscribe(tenantId, sessionId, () => {
       changed = true;
       wake?.();
     });

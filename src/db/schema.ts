@@ -108,6 +108,8 @@ export interface SessionTable {
   active_ask_id: string | null;
   lease_owner: string | null;
   lease_expire_time: NullableTime;
+  /** While ahead, a replica waits on the session and its changes are notified (migration 2026_11_22_010000). */
+  watch_expire_time: NullableTime;
 }
 
 export type MessageRoleText = "user" | "assistant" | "system" | "tool";

@@ -55,6 +55,7 @@ const SESSION_COLUMNS = [
   "active_ask_id",
   "lease_owner",
   "lease_expire_time",
+  "watch_expire_time",
 ] as const satisfies readonly (keyof SessionRow)[];
 // Compile-time check that the list names every column: a column added to sessions must be added here.
 const sessionColumnsComplete: [Exclude<keyof SessionRow, (typeof SESSION_COLUMNS)[number]>] extends [never] ? true : never = true;
