@@ -1,3 +1,4 @@
+import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { experimental_streamTextLowMemory as streamTextLowMemory, type LanguageModel, type LanguageModelUsage } from "ai";
 import type { Kysely } from "kysely";
 import type { Message } from "../../gen/parley/v1/common_pb.js";
@@ -16,6 +17,9 @@ import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memo
 import type { AskHeartbeat, OpenAsk } from "./heartbeat.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
 import { renderInstructions, type TemplateState } from "./template.js";
+
+/** Longest stretch (ms) an Ask reads ready model parts before it lets the event loop turn. */
+const YIELD_EVERY_MS = 2;
 
 /** Who stopped an Ask: CancelAsk, the Ask's own client going away, the server shutting down, or an INTERRUPT Ask taking the session. */
 export type CancelReason = "cancel_ask" | "client" | "shutdown" | "interrupt";
@@ -223,11 +227,23 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
           // Errors arrive as stream parts or exceptions below; the default handler would print them.
           onError: () => {},
         });
+        // A model that has many parts ready (a burst, a fast local model) is read in
+        // microtasks only, which would hold the event loop until the burst ends: Node
+        // writes HTTP/2 frames (this Ask's first delta, other Asks' events) from the
+        // loop's next turn. So the loop yields after the first delta and then every
+        // YIELD_EVERY_MS of uninterrupted reading.
+        let yieldedAt = performance.now();
+        let firstYielded = false;
         for await (const part of result.fullStream) {
           if (part.type === "text-delta") {
             if (part.text === "") continue;
             content += part.text;
             await emitText(part.text);
+            if (!firstYielded || performance.now() - yieldedAt >= YIELD_EVERY_MS) {
+              firstYielded = true;
+              await yieldToLoop();
+              yieldedAt = performance.now();
+            }
           } else if (part.type === "finish") {
             sawFinish = true;
             usage = usageOf(part.totalUsage);
