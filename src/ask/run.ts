@@ -1,5 +1,5 @@
 import { setImmediate as yieldToLoop } from "node:timers/promises";
-import { experimental_streamTextLowMemory as streamTextLowMemory, type LanguageModel, type LanguageModelUsage } from "ai";
+import type { LanguageModel, LanguageModelUsage } from "ai";
 import type { Kysely } from "kysely";
 import type { Message } from "../../gen/parley/v1/common_pb.js";
 import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
@@ -15,6 +15,7 @@ import { buildContext, CONTEXT_DEFAULTS, historyWindow, type HistoryMessage, typ
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
 import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memory.js";
 import type { AskHeartbeat, OpenAsk } from "./heartbeat.js";
+import { streamModelCall } from "./model-call.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
 import { renderInstructions, type TemplateState } from "./template.js";
 
@@ -209,9 +210,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
       }
       if (!abort.signal.aborted) {
         const g = spec.agent.generation ?? {};
-        // The single-consumer variant: streamText tees its stream for replays and keeps every
-        // part of the answer in the unread branch until the end (vercel/ai#16753), per open Ask.
-        const result = streamTextLowMemory({
+        const stream = await streamModelCall({
           model: spec.model.model,
           ...(context.instructions !== undefined ? { instructions: context.instructions } : {}),
           messages: context.messages,
@@ -224,8 +223,6 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
           topP: g.top_p,
           maxOutputTokens: spec.overrides.maxOutputTokens ?? g.max_output_tokens,
           ...(g.stop && g.stop.length > 0 ? { stopSequences: g.stop } : {}),
-          // Errors arrive as stream parts or exceptions below; the default handler would print them.
-          onError: () => {},
         });
         // A model that has many parts ready (a burst, a fast local model) is read in
         // microtasks only, which would hold the event loop until the burst ends: Node
@@ -234,7 +231,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
         // YIELD_EVERY_MS of uninterrupted reading.
         let yieldedAt = performance.now();
         let firstYielded = false;
-        for await (const part of result.fullStream) {
+        for await (const part of stream) {
           if (part.type === "text-delta") {
             if (part.text === "") continue;
             content += part.text;
@@ -244,9 +241,9 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
               await yieldToLoop();
               yieldedAt = performance.now();
             }
-          } else if (part.type === "finish") {
+          } else if (part.type === "model-call-end") {
             sawFinish = true;
-            usage = usageOf(part.totalUsage);
+            usage = usageOf(part.usage);
           } else if (part.type === "error") {
             throw part.error;
           }
