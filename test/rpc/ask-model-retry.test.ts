@@ -30,7 +30,7 @@ function flaky(failures: number, error: APICallError) {
     if (calls <= failures) throw error;
     return doStream(options);
   };
-  return { model, calls: () => calls };
+  return { model, attempts: () => calls };
 }
 
 describe.each(backends())("model calls refused before streaming, on %s", (backend) => {
@@ -40,7 +40,7 @@ describe.each(backends())("model calls refused before streaming, on %s", (backen
   const badKey = flaky(1, refusal(401, false));
 
   beforeAll(async () => {
-    t = await createTestApp({ backend, models: createFakeModels({ overloaded, tooMany, badKey }) });
+    t = await createTestApp({ backend, models: createFakeModels({ overloaded: overloaded.model, tooMany: tooMany.model, badKey: badKey.model }) });
   });
   afterAll(async () => {
     await t?.close();
@@ -57,7 +57,7 @@ describe.each(backends())("model calls refused before streaming, on %s", (backen
     const events = await ask("overloaded");
     expect(events.at(-1)!.event.case).toBe("completed");
     expect(events.filter((e) => e.event.case === "textDelta").map((e) => (e.event.value as { text: string }).text)).toEqual(["fine"]);
-    expect(overloaded.calls()).toBe(3);
+    expect(overloaded.attempts()).toBe(3);
   });
 
   it("gives up after the third refusal with the provider's code (429: RESOURCE_EXHAUSTED)", async () => {
@@ -65,7 +65,7 @@ describe.each(backends())("model calls refused before streaming, on %s", (backen
     const end = events.at(-1)!.event;
     expect(end.case).toBe("failed");
     expect(end.case === "failed" && end.value.code).toBe("resource_exhausted");
-    expect(tooMany.calls()).toBe(3);
+    expect(tooMany.attempts()).toBe(3);
   });
 
   it("does not retry a refusal that is not retryable (401)", async () => {
@@ -73,6 +73,6 @@ describe.each(backends())("model calls refused before streaming, on %s", (backen
     const end = events.at(-1)!.event;
     expect(end.case).toBe("failed");
     expect(end.case === "failed" && end.value.code).toBe("failed_precondition");
-    expect(badKey.calls()).toBe(1);
+    expect(badKey.attempts()).toBe(1);
   });
 });
