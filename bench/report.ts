@@ -377,8 +377,8 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     r.memory
       ? table(
-          ["streams", "started", "open when measured", "failed", "heap+external before → during", "per open stream", "RSS before → during", "RSS per open stream"],
-          [[r.memory.streams!, r.memory.started!, r.memory.open ?? "–", r.memory.failed ?? "–", `${fmt(r.memory.heapBefore! / 2 ** 20)} → ${fmt(r.memory.heapDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamHeap! / 1024)} KB`, `${fmt(r.memory.rssBefore! / 2 ** 20)} → ${fmt(r.memory.rssDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamRss! / 1024)} KB`]],
+          ["streams", "started", "open when measured", "failed", "heap+external before → during", "per open stream", "RSS before → during", "RSS per open stream", "CPU while open: server / client (cores)"],
+          [[r.memory.streams!, r.memory.started!, r.memory.open ?? "–", r.memory.failed ?? "–", `${fmt(r.memory.heapBefore! / 2 ** 20)} → ${fmt(r.memory.heapDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamHeap! / 1024)} KB`, `${fmt(r.memory.rssBefore! / 2 ** 20)} → ${fmt(r.memory.rssDuring! / 2 ** 20)} MiB`, `${fmt(r.memory.bytesPerStreamRss! / 1024)} KB`, r.memory.serverCores !== undefined ? `${r.memory.serverCores.toFixed(2)} / ${r.memory.clientCores!.toFixed(2)}` : "–"]],
         )
       : "Not run.",
     "",

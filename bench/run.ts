@@ -88,6 +88,7 @@ const program = new Command()
   .option("--warmup <ms>", "warm-up of each run", (v) => Number(v))
   .option("--concurrency <list>", "concurrency levels of scenario 1 and the baselines, e.g. 1,16,64", (v) => v.split(",").map(Number))
   .option("--ask-concurrency <list>", "concurrent Asks of scenario 2, e.g. 1,64,256", (v) => v.split(",").map(Number))
+  .option("--streams <n>", "slow Asks scenario 4 tries to hold open (default 2000)", (v) => Number(v))
   .option("--cpu-prof <dir>", "write V8 CPU profiles of the Postgres server process into dir")
   .option("--only <parts>", "comma-separated parts: baselines,s1,s2,s3,s4,s5,peers")
   .option("--no-progress", "no progress bars");
@@ -102,6 +103,7 @@ const opts = program.opts<{
   only?: string;
   concurrency?: number[];
   askConcurrency?: number[];
+  streams?: number;
   progress: boolean;
 }>();
 const base = opts.smoke ? SMOKE : FULL;
@@ -111,6 +113,7 @@ const profile: Profile = {
   ...(opts.warmup !== undefined ? { warmupMs: opts.warmup } : {}),
   ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
   ...(opts.askConcurrency ? { askConcurrency: opts.askConcurrency } : {}),
+  ...(opts.streams ? { streams: opts.streams } : {}),
 };
 const parts = new Set((opts.only ?? "baselines,s1,s2,s3,s4,s5,peers").split(",").map((s) => s.trim()));
 const runs: Record<string, RunRecord> = {};
@@ -519,9 +522,15 @@ async function scenario4(server: BenchServer, agentId: string): Promise<Record<s
     });
     if (started - waveStarted < batch.length) break;
   }
-  // Let a few tokens flow through every stream before measuring.
+  // Let a few tokens flow through every stream before measuring; the CPU both processes use
+  // meanwhile (in cores) tells whether the open streams are bound by the machine.
+  const cpuFrom = await server.memory();
+  const clientFrom = process.cpuUsage();
+  const windowFrom = performance.now();
   await new Promise((r) => setTimeout(r, 1_000));
   const during = await server.memory();
+  const clientCpu = process.cpuUsage(clientFrom);
+  const windowMicros = (performance.now() - windowFrom) * 1000;
   const openNow = started - ended;
   abort.abort();
   await Promise.all(streams);
@@ -537,6 +546,8 @@ async function scenario4(server: BenchServer, agentId: string): Promise<Record<s
     heapDuring: heap(during),
     bytesPerStreamHeap: (heap(during) - heap(before)) / Math.max(1, openNow),
     bytesPerStreamRss: (during.rss - before.rss) / Math.max(1, openNow),
+    serverCores: (during.cpuMicros - cpuFrom.cpuMicros) / windowMicros,
+    clientCores: (clientCpu.user + clientCpu.system) / windowMicros,
   };
 }
 

@@ -1,7 +1,7 @@
 // The server process of the bench: Parley (with the bench models) plus the bare echo service,
 // on the same one-port server (src/server.ts). Forked by bench/run.ts with an IPC channel:
 // it reports {type:"ready"} with its URL and admin key, answers {type:"memory"} (after a
-// forced GC when run with --expose-gc) and exits on {type:"stop"}.
+// forced GC when run with --expose-gc; with the CPU time it has used) and exits on {type:"stop"}.
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +15,7 @@ import { createBenchModels } from "./models.js";
 /** What the server reports to its parent. */
 export type ServerMessage =
   | { type: "ready"; url: string; apiKey: string; databaseKind: string; poolSize: number }
-  | { type: "memory"; rss: number; heapUsed: number; external: number; arrayBuffers: number };
+  | { type: "memory"; rss: number; heapUsed: number; external: number; arrayBuffers: number; cpuMicros: number };
 
 /** What the parent sends. */
 export type ParentMessage = { type: "memory" } | { type: "stop" };
@@ -47,7 +47,8 @@ async function main(): Promise<void> {
       gc?.();
       gc?.();
       const u = process.memoryUsage();
-      send({ type: "memory", rss: u.rss, heapUsed: u.heapUsed, external: u.external, arrayBuffers: u.arrayBuffers });
+      const cpu = process.cpuUsage();
+      send({ type: "memory", rss: u.rss, heapUsed: u.heapUsed, external: u.external, arrayBuffers: u.arrayBuffers, cpuMicros: cpu.user + cpu.system });
     } else if (m.type === "stop") {
       // close() drains running Asks; the bench cancels its streams before it stops the server.
       void server.close().then(

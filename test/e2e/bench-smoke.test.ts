@@ -59,6 +59,9 @@ describe.skipIf(!databaseUrl)("bench --smoke", () => {
     expect(results.runs["parley.ask.c4"]!.marks.ttft!.count).toBeGreaterThan(0);
     expect(results.peers).toEqual({ adk: { status: "ok" }, langgraph: { status: "ok" } });
     expect(results.memory!.started).toBe(results.memory!.streams);
+    // The CPU both processes used while the streams were open, in cores.
+    expect(results.memory!.serverCores).toBeGreaterThan(0);
+    expect(results.memory!.clientCores).toBeGreaterThan(0);
 
     const report = readFileSync(join(out, "REPORT.md"), "utf8");
     expect(report).toContain("## Goals");
