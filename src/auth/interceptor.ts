@@ -17,7 +17,9 @@ export interface AuthInterceptorOptions {
 /** Verifies `Authorization: Bearer <api key>` and puts the caller into the context (kCaller). */
 export function createAuthInterceptor(db: Kysely<Database>, options: AuthInterceptorOptions = {}): Interceptor {
   const ttl = options.cacheTtlMs ?? 5_000;
-  const cache = new Map<string, { caller: Caller; expires: number }>();
+  // The lookup itself is cached, so concurrent first calls with a key share one query.
+  // A key that is unknown, or whose lookup failed, is dropped once the lookup settles.
+  const cache = new Map<string, { caller: Promise<Caller | undefined>; expires: number }>();
   return (next) => async (req) => {
     if (PUBLIC_SERVICES.has(req.service.typeName)) return next(req);
     const header = req.header.get("authorization") ?? "";
@@ -27,16 +29,21 @@ export function createAuthInterceptor(db: Kysely<Database>, options: AuthInterce
     const now = Date.now();
     let entry = cache.get(hash);
     if (!entry || entry.expires < now) {
-      const row = await findActiveKeyByHash(db, hash);
-      if (!row) {
-        cache.delete(hash);
-        throw unauthenticated("invalid or revoked API key");
-      }
-      entry = { caller: { tenantId: row.tenant_id, keyId: row.id, role: row.role }, expires: now + ttl };
+      const lookup = findActiveKeyByHash(db, hash).then((row): Caller | undefined =>
+        row ? { tenantId: row.tenant_id, keyId: row.id, role: row.role } : undefined,
+      );
+      const created = { caller: lookup, expires: now + ttl };
+      entry = created;
       if (cache.size > 10_000) cache.clear();
-      cache.set(hash, entry);
+      cache.set(hash, created);
+      const drop = () => {
+        if (cache.get(hash) === created) cache.delete(hash);
+      };
+      lookup.then((caller) => caller ?? drop(), drop);
     }
-    req.contextValues.set(kCaller, entry.caller);
+    const caller = await entry.caller;
+    if (!caller) throw unauthenticated("invalid or revoked API key");
+    req.contextValues.set(kCaller, caller);
     return next(req);
   };
 }
