@@ -15,7 +15,10 @@ import type { Logger } from "../log.js";
 
 /** What the monitor knows about the database at one moment. */
 export interface HealthSnapshot {
-  /** True when the last ping answered in time and the monitor is not stopped. */
+  /**
+   * True once a ping has answered in time, until `failuresToStop` pings in a row
+   * fail (one slow ping under load does not take a replica out) or the monitor stops.
+   */
   readonly serving: boolean;
   /** Set by stop(): the process is shutting down. */
   readonly stopping: boolean;
@@ -23,7 +26,7 @@ export interface HealthSnapshot {
   readonly checkedAt: Date | undefined;
   /** Round trip of the last successful ping. */
   readonly latencyMs: number | undefined;
-  /** Why the last ping failed. */
+  /** Why the last ping failed (also while still serving after a single failure). */
   readonly error: string | undefined;
   /**
    * Redis, when configured: unreachable means degraded, not down (Asks run on
@@ -50,11 +53,17 @@ export interface HealthMonitorOptions {
   readonly intervalMs?: number;
   /** A ping slower than this counts as a failure. */
   readonly timeoutMs?: number;
+  /** Failed pings in a row that turn a serving replica NOT_SERVING (default 2). */
+  readonly failuresToStop?: number;
   /** Pinged beside the database when Redis is configured; its failures degrade, they do not stop serving. */
   readonly redis?: { ping(): Promise<void> };
 }
 
-/** A monitor that pings the database every intervalMs (default 1 s) with a timeout (default 2 s). */
+/**
+ * A monitor that pings the database every intervalMs (default 1 s) with a
+ * timeout (default 2 s); a serving replica stops serving after
+ * failuresToStop failed pings in a row (default 2).
+ */
 export function createHealthMonitor(
   database: DatabaseHandle,
   log: Logger,
@@ -62,6 +71,8 @@ export function createHealthMonitor(
 ): HealthMonitor {
   const intervalMs = options.intervalMs ?? 1_000;
   const timeoutMs = options.timeoutMs ?? 2_000;
+  const failuresToStop = Math.max(1, options.failuresToStop ?? 2);
+  let failures = 0;
   const listeners = new Set<(s: HealthSnapshot) => void>();
   let snapshot: HealthSnapshot = {
     serving: false,
@@ -127,6 +138,7 @@ export function createHealthMonitor(
       const latencyMs = Math.round((performance.now() - started) * 100) / 100;
       const redis = await redisCheck;
       if (stopped) return;
+      failures = 0;
       publish({
         serving: true,
         stopping: false,
@@ -138,8 +150,13 @@ export function createHealthMonitor(
     } catch (err) {
       const redis = await redisCheck;
       if (stopped) return;
+      failures++;
+      const reason = err instanceof Error ? err.message : String(err);
+      if (snapshot.serving && failures < failuresToStop) {
+        log.warn({ reason, failures }, "a database ping failed; still serving unless the next one fails too");
+      }
       publish({
-        serving: false,
+        serving: snapshot.serving && failures < failuresToStop,
         stopping: false,
         checkedAt: new Date(),
         latencyMs: undefined,
