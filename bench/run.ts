@@ -600,9 +600,17 @@ function peerAppendOp(client: NodeParleyClient, sessionId: string, first: number
  * ADK's at long histories take seconds) complete many times in it. An operation whose round
  * takes over 30 s is measured for one more round instead (ops = concurrency), to bound the run.
  */
-async function peerLoad(id: string, tags: RunRecord["tags"], make: () => Promise<Operation>): Promise<void> {
+async function peerLoad(
+  id: string,
+  tags: RunRecord["tags"],
+  make: () => Promise<Operation>,
+  settle?: () => Promise<void>,
+): Promise<void> {
   const c = profile.peerConcurrency;
   const ops = await Promise.all(Array.from({ length: c }, () => make()));
+  // Each side's database after its bulk seeding: vacuumed and analyzed, so no side is
+  // measured while autovacuum catches up with the rows just seeded.
+  await settle?.();
   const t0 = performance.now();
   // A failing operation fails in the measured phase too, where runLoad counts it.
   await Promise.allSettled(ops.map((op) => op({ mark() {} })));
@@ -619,8 +627,23 @@ async function peerLoad(id: string, tags: RunRecord["tags"], make: () => Promise
   await load(id, tags, { concurrency: c, durationMs }, async (i) => ops[i]!);
 }
 
+/** VACUUM ANALYZE of a whole database (outside any transaction). */
+async function vacuumAnalyze(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query("vacuum analyze");
+  } finally {
+    await client.end();
+  }
+}
+
 async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: string): Promise<BenchResults["peers"]> {
   const c = profile.peerConcurrency;
+  const settleParley = async () => {
+    await parleyPool.query("vacuum analyze messages");
+    await parleyPool.query("vacuum analyze sessions");
+  };
   const status: BenchResults["peers"] = {};
   // Parley at the same history lengths (turns) and concurrency, with the same messages as the
   // peers (bench/peers.ts), for the side-by-side ratios.
@@ -631,8 +654,8 @@ async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: st
       return id;
     };
     const tags = (op: string) => ({ system: "parley", op, history: h, concurrency: c });
-    await peerLoad(`parley.peer.append.h${h}`, tags("append"), async () => peerAppendOp(parleyServer.client, await seeded(), 2 * h));
-    await peerLoad(`parley.peer.load.h${h}`, tags("load"), async () => listOp(parleyServer.client, await seeded()));
+    await peerLoad(`parley.peer.append.h${h}`, tags("append"), async () => peerAppendOp(parleyServer.client, await seeded(), 2 * h), settleParley);
+    await peerLoad(`parley.peer.load.h${h}`, tags("load"), async () => listOp(parleyServer.client, await seeded()), settleParley);
   }
   {
     const tags = { system: "parley", op: "list-sessions", history: profile.peerHistory[0]!, concurrency: c };
@@ -645,12 +668,13 @@ async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: st
     });
   }
   try {
-    const adk = await createAdkPeer(await createDatabase("adk"));
+    const adkUrl = await createDatabase("adk");
+    const adk = await createAdkPeer(adkUrl);
     try {
       for (const h of profile.peerHistory) {
         const tags = (op: string) => ({ system: "adk", op, history: h, concurrency: c });
-        await peerLoad(`adk.append.h${h}`, tags("append"), () => adk.appendWorker(h));
-        await peerLoad(`adk.load.h${h}`, tags("load"), () => adk.loadWorker(h));
+        await peerLoad(`adk.append.h${h}`, tags("append"), () => adk.appendWorker(h), () => vacuumAnalyze(adkUrl));
+        await peerLoad(`adk.load.h${h}`, tags("load"), () => adk.loadWorker(h), () => vacuumAnalyze(adkUrl));
       }
       const h = profile.peerHistory[0]!;
       await peerLoad(`adk.list-sessions`, { system: "adk", op: "list-sessions", history: h, concurrency: c }, () => adk.listWorker(h));
@@ -663,12 +687,13 @@ async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: st
     log(`ADK failed: ${status.adk.error}`);
   }
   try {
-    const lg = await createLangGraphPeer(await createDatabase("langgraph"));
+    const lgUrl = await createDatabase("langgraph");
+    const lg = await createLangGraphPeer(lgUrl);
     try {
       for (const h of profile.peerHistory) {
         const tags = (op: string) => ({ system: "langgraph", op, history: h, concurrency: c });
-        await peerLoad(`langgraph.append.h${h}`, tags("append"), () => lg.appendWorker(h));
-        await peerLoad(`langgraph.load.h${h}`, tags("load"), () => lg.loadWorker(h));
+        await peerLoad(`langgraph.append.h${h}`, tags("append"), () => lg.appendWorker(h), () => vacuumAnalyze(lgUrl));
+        await peerLoad(`langgraph.load.h${h}`, tags("load"), () => lg.loadWorker(h), () => vacuumAnalyze(lgUrl));
       }
       status.langgraph = { status: "ok" };
     } finally {
