@@ -19,9 +19,8 @@ export interface RenewedClaim {
 }
 
 /**
- * Extends the leases of many running Asks in one statement, as
- * renewLeaseAndCheckCancel does for one: a lease is extended only while its
- * session's claim is still that Ask's and this owner's. Returns the Asks whose
+ * Extends the leases of many running Asks in one statement: a lease is
+ * extended only while its session's claim is still that Ask's and this owner's. Returns the Asks whose
  * claim was held, by ask id, with any pending cancel request; an Ask missing
  * from the result has lost its claim (released, or taken over after it expired).
  */
@@ -56,7 +55,7 @@ export interface PartialAnswer {
 
 /**
  * Writes the partial answers of many streaming assistant messages in one
- * statement, as flushContent does for one: a message that has left STREAMING
+ * statement: a message that has left STREAMING
  * (its Ask stored its final content) is left as it is, so a late flush never
  * overwrites a final answer.
  */

@@ -145,41 +145,6 @@ export async function insertAsk(tx: Transaction<Database>, row: NewAskRow): Prom
     .executeTakeFirstOrThrow();
 }
 
-/**
- * Extends the lease of a running Ask; false when the claim is no longer ours
- * (released, or taken over after it expired).
- */
-export async function renewLease(
-  db: Db,
-  tenantId: string,
-  sessionId: string,
-  askId: string,
-  owner: string,
-  leaseMs: number,
-): Promise<boolean> {
-  const row = await db
-    .updateTable("sessions")
-    .set({ lease_expire_time: leaseEnd(leaseMs) })
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .where("active_ask_id", "=", askId)
-    .where("lease_owner", "=", owner)
-    .returning("id")
-    .executeTakeFirst();
-  return row !== undefined;
-}
-
-/** Writes the partial answer of a streaming assistant message (no-op once it has left STREAMING). */
-export async function flushContent(db: Db, tenantId: string, messageId: string, content: string): Promise<void> {
-  await db
-    .updateTable("messages")
-    .set({ content, update_time: sql<Date>`now()` })
-    .where("id", "=", messageId)
-    .where("tenant_id", "=", tenantId)
-    .where("status", "=", "streaming")
-    .execute();
-}
-
 /** How an Ask ended. */
 export interface AskOutcome {
   readonly status: Exclude<AskStatusText, "running">;
@@ -293,48 +258,6 @@ export async function interruptIfAbandoned(db: Kysely<Database>, tenantId: strin
 export async function messagesByIds(db: Db, tenantId: string, ids: readonly string[]): Promise<MessageRow[]> {
   if (ids.length === 0) return [];
   return db.selectFrom("messages").selectAll().where("id", "in", ids).where("tenant_id", "=", tenantId).execute();
-}
-
-/**
- * Renews the lease like renewLease and tells whether a CancelAsk served by
- * another replica asked for the Ask to stop (one round trip per renewal).
- */
-export async function renewLeaseAndCheckCancel(
-  db: Db,
-  tenantId: string,
-  sessionId: string,
-  askId: string,
-  owner: string,
-  leaseMs: number,
-): Promise<{ readonly held: boolean; readonly cancelRequested: boolean; readonly cancelReason: string | null }> {
-  const row = await db
-    .updateTable("sessions")
-    .set({ lease_expire_time: leaseEnd(leaseMs) })
-    .where("id", "=", sessionId)
-    .where("tenant_id", "=", tenantId)
-    .where("active_ask_id", "=", askId)
-    .where("lease_owner", "=", owner)
-    .returning((eb) => [
-      eb
-        .selectFrom("asks")
-        .select(sql<boolean>`cancel_request_time is not null`.as("c"))
-        .where("asks.id", "=", askId)
-        .where("asks.tenant_id", "=", tenantId)
-        .as("cancel_requested"),
-      // A running Ask's error_code holds the reason of a pending cancel request.
-      eb
-        .selectFrom("asks")
-        .select("error_code")
-        .where("asks.id", "=", askId)
-        .where("asks.tenant_id", "=", tenantId)
-        .as("cancel_reason"),
-    ])
-    .executeTakeFirst();
-  return {
-    held: row !== undefined,
-    cancelRequested: row?.cancel_requested === true,
-    cancelReason: row?.cancel_reason ?? null,
-  };
 }
 
 /**
