@@ -15,7 +15,7 @@ import { buildContext, CONTEXT_DEFAULTS, historyWindow, type HistoryMessage, typ
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
 import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memory.js";
 import type { AskHeartbeat, OpenAsk } from "./heartbeat.js";
-import { streamModelCall } from "./model-call.js";
+import { streamModelCall, usageOfFinish } from "./model-call.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
 import { renderInstructions, type TemplateState } from "./template.js";
 
@@ -214,7 +214,6 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
           model: spec.model.model,
           ...(context.instructions !== undefined ? { instructions: context.instructions } : {}),
           messages: context.messages,
-          allowSystemInMessages: true,
           ...(spec.model.id.startsWith("builtin:")
             ? { providerOptions: builtinModelOptions(context.knowledge, context.memories, refs !== undefined) }
             : {}),
@@ -231,22 +230,30 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
         // YIELD_EVERY_MS of uninterrupted reading.
         let yieldedAt = performance.now();
         let firstYielded = false;
-        for await (const part of stream) {
-          if (part.type === "text-delta") {
-            if (part.text === "") continue;
-            content += part.text;
-            await emitText(part.text);
-            if (!firstYielded || performance.now() - yieldedAt >= YIELD_EVERY_MS) {
-              firstYielded = true;
-              await yieldToLoop();
-              yieldedAt = performance.now();
+        const reader = stream.getReader();
+        try {
+          for (;;) {
+            const { done, value: part } = await reader.read();
+            if (done) break;
+            if (part.type === "text-delta") {
+              if (part.delta === "") continue;
+              content += part.delta;
+              await emitText(part.delta);
+              if (!firstYielded || performance.now() - yieldedAt >= YIELD_EVERY_MS) {
+                firstYielded = true;
+                await yieldToLoop();
+                yieldedAt = performance.now();
+              }
+            } else if (part.type === "finish") {
+              sawFinish = true;
+              usage = usageOf(usageOfFinish(part));
+            } else if (part.type === "error") {
+              throw part.error;
             }
-          } else if (part.type === "model-call-end") {
-            sawFinish = true;
-            usage = usageOf(part.usage);
-          } else if (part.type === "error") {
-            throw part.error;
           }
+        } finally {
+          // Tells the provider to stop when the Ask ends before its stream does (error part, failed log append).
+          reader.cancel().catch(() => {});
         }
       }
     } catch (err) {
