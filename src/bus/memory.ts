@@ -31,7 +31,8 @@ interface Stream<E> {
   bytes: number;
   ended: boolean;
   endTime: number;
-  readonly waiters: Set<() => void>;
+  /** Readers waiting for the next event; woken (and forgotten) all at once. */
+  waiters: Set<() => void>;
 }
 
 /** The in-process EventLog of one replica: memory bounded by retention time and bytes of finished streams. */
@@ -65,7 +66,10 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
   }
 
   function wake(s: Stream<E>): void {
-    for (const w of [...s.waiters]) w();
+    if (s.waiters.size === 0) return;
+    const waiters = s.waiters;
+    s.waiters = new Set();
+    for (const w of waiters) w();
   }
 
   return {
@@ -100,21 +104,30 @@ export function createMemoryEventLog<E>(options: MemoryEventLogOptions<E>): Memo
         async *[Symbol.asyncIterator](): AsyncGenerator<LoggedEvent<E>> {
           // seq n is at index n - 1.
           let i = Math.max(0, afterSeq);
-          for (;;) {
-            while (i < s.events.length) {
-              const event = eventAt(streamId, s, i++);
-              yield { seq: i, event };
+          // One abort listener for the whole read, not one per wait: a stream waits once per event.
+          let wakeUp: (() => void) | undefined;
+          const onAbort = () => {
+            if (!wakeUp) return;
+            s.waiters.delete(wakeUp);
+            wakeUp();
+          };
+          signal?.addEventListener("abort", onAbort, { once: true });
+          try {
+            for (;;) {
+              while (i < s.events.length) {
+                const event = eventAt(streamId, s, i++);
+                yield { seq: i, event };
+              }
+              if (s.ended || closed || signal?.aborted) return;
+              await new Promise<void>((resolve) => {
+                wakeUp = resolve;
+                s.waiters.add(resolve);
+              });
+              wakeUp = undefined;
             }
-            if (s.ended || closed || signal?.aborted) return;
-            await new Promise<void>((resolve) => {
-              const done = () => {
-                s.waiters.delete(done);
-                signal?.removeEventListener("abort", done);
-                resolve();
-              };
-              s.waiters.add(done);
-              signal?.addEventListener("abort", done, { once: true });
-            });
+          } finally {
+            signal?.removeEventListener("abort", onAbort);
+            if (wakeUp) s.waiters.delete(wakeUp);
           }
         },
       };
