@@ -15,7 +15,6 @@ import { buildContext, CONTEXT_DEFAULTS, historyWindow, type HistoryMessage, typ
 import { askEvent, unstoredMessage, type AskEventInit } from "./convert.js";
 import { extractAfterAsk, memoryBlockForTurn, type MemorySearcher } from "./memory.js";
 import type { AskHeartbeat, OpenAsk } from "./heartbeat.js";
-import type { FlushClock } from "./flush-clock.js";
 import { streamModelCall, usageOfFinish } from "./model-call.js";
 import { describeModelError, type AskFailure } from "./model-errors.js";
 import { renderInstructions, type TemplateState } from "./template.js";
@@ -36,8 +35,8 @@ export interface RunDeps {
   readonly tokens: TokenCounter;
   /** Renews the leases of this replica's running Asks and flushes their partial answers. */
   readonly heartbeat: AskHeartbeat;
-  /** Text deltas after an Ask's first are held for this clock's next tick and go to the log as one (none: each as it comes). */
-  readonly flushClock?: FlushClock;
+  /** Text deltas within this window go to the log as one (0: each as it comes). */
+  readonly coalesceMs?: number;
   /** Memory search for agents with memory enabled. */
   readonly memories?: MemorySearcher;
   /** Knowledge search for agents with knowledge bases. */
@@ -126,27 +125,28 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     );
   // Deltas are coalesced for the log: fewer, larger entries; the text is the same
   // and the seqs stay gap-free because a seq is taken only when a delta is logged.
-  // The held text goes out on the replica's flush clock, with every other Ask's.
   let pendingText = "";
+  let coalesceTimer: NodeJS.Timeout | undefined;
   const flushText = (): Promise<void> => {
+    clearTimeout(coalesceTimer);
+    coalesceTimer = undefined;
     if (pendingText === "") return Promise.resolve();
-    deps.flushClock?.cancel(onTick);
     const text = pendingText;
     pendingText = "";
     return appendText(text);
   };
-  const onTick = () => {
-    flushText().catch((err: unknown) => log.warn({ err, askId }, "logging a text delta failed"));
-  };
   // The first delta is never held back: coalescing must not add its window to the time to first token.
   let firstDeltaSent = false;
   const emitText = (text: string): Promise<void> => {
-    if (!deps.flushClock || !firstDeltaSent) {
+    const window = deps.coalesceMs ?? 0;
+    if (window <= 0 || !firstDeltaSent) {
       firstDeltaSent = true;
       return appendText(text);
     }
     pendingText += text;
-    deps.flushClock.defer(onTick);
+    coalesceTimer ??= setTimeout(() => {
+      flushText().catch((err: unknown) => log.warn({ err, askId }, "logging a text delta failed"));
+    }, window);
     return Promise.resolve();
   };
   const emit = async (event: AskEventInit): Promise<void> => {

@@ -42,7 +42,6 @@ import type { ModelRegistry } from "./models/registry.js";
 import { askPolicyIn, createSessionGate, type AskPolicyRequest } from "./policy.js";
 import type { KnowledgeSearch } from "../knowledge/search.js";
 import type { AskHeartbeat } from "./heartbeat.js";
-import { createFlushClock } from "./flush-clock.js";
 import { startRun, type AskRun, type RunDeps, type RunSpec } from "./run.js";
 import type { SessionFeed } from "./session-feed.js";
 import { createSessionWatch } from "./watch.js";
@@ -184,7 +183,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
     events,
     tokens: createTokenCounter(),
     heartbeat: deps.heartbeat,
-    ...(config.askDeltaCoalesceMs > 0 ? { flushClock: createFlushClock(config.askDeltaCoalesceMs) } : {}),
+    coalesceMs: config.askDeltaCoalesceMs,
     ...(deps.knowledge ? { knowledge: deps.knowledge } : {}),
     ...(deps.memories ? { memories: deps.memories } : {}),
   };
