@@ -55,7 +55,7 @@ export interface Config {
   readonly redisPrefix: string;
   /** Upper bound of the entries the Redis log keeps per Ask (approximate, MAXLEN ~). */
   readonly askEventLogMaxLen: number;
-  /** Text deltas produced within this window go to the event log as one delta (0: every delta as it comes). */
+  /** At most one text delta per Ask per window: sooner ones are merged, a delta after a quieter stretch goes at once (0: every delta as it comes). */
   readonly askDeltaCoalesceMs: number;
   /** Secret that signs page tokens; undefined: generated once and stored in the database. */
   readonly tokenSecret: string | undefined;

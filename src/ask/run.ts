@@ -125,28 +125,36 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     );
   // Deltas are coalesced for the log: fewer, larger entries; the text is the same
   // and the seqs stay gap-free because a seq is taken only when a delta is logged.
+  // A delta that comes when the window since the last logged delta has passed goes at once
+  // (a slow model's tokens wait for nothing); one that comes sooner is held until the window
+  // ends, with whatever else comes meanwhile: at most one text delta per window.
   let pendingText = "";
   let coalesceTimer: NodeJS.Timeout | undefined;
+  let loggedAt = Number.NEGATIVE_INFINITY;
   const flushText = (): Promise<void> => {
     clearTimeout(coalesceTimer);
     coalesceTimer = undefined;
     if (pendingText === "") return Promise.resolve();
     const text = pendingText;
     pendingText = "";
+    loggedAt = performance.now();
     return appendText(text);
   };
-  // The first delta is never held back: coalescing must not add its window to the time to first token.
-  let firstDeltaSent = false;
   const emitText = (text: string): Promise<void> => {
     const window = deps.coalesceMs ?? 0;
-    if (window <= 0 || !firstDeltaSent) {
-      firstDeltaSent = true;
+    const now = performance.now();
+    // The first delta is never held back (loggedAt is -Infinity): coalescing must not add to the time to first token.
+    if (window <= 0 || (coalesceTimer === undefined && now - loggedAt >= window)) {
+      loggedAt = now;
       return appendText(text);
     }
     pendingText += text;
-    coalesceTimer ??= setTimeout(() => {
-      flushText().catch((err: unknown) => log.warn({ err, askId }, "logging a text delta failed"));
-    }, window);
+    coalesceTimer ??= setTimeout(
+      () => {
+        flushText().catch((err: unknown) => log.warn({ err, askId }, "logging a text delta failed"));
+      },
+      Math.max(0, loggedAt + window - now),
+    );
     return Promise.resolve();
   };
   const emit = async (event: AskEventInit): Promise<void> => {

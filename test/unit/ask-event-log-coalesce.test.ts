@@ -49,6 +49,32 @@ describe("coalesced text deltas", () => {
   });
 });
 
+describe("a delta after a quiet stretch", () => {
+  it("goes out at once when the window since the last delta has passed; only deltas that come sooner are held", async () => {
+    const model = controlledModel();
+    const t = await createTestApp({ models: createFakeModels({ ctl: model }), config: { askDeltaCoalesceMs: 300 } });
+    try {
+      const { agent } = await t.client(AgentService).createAgent({ agent: { name: "q", model: "fake:ctl" } });
+      const sessions = t.client(SessionService);
+      const { session } = await sessions.createSession({ session: { agentId: agent!.id, userId: "u" } });
+      const stream = sessions.ask({ sessionId: session!.id, content: "go" });
+      const call = await model.call(0);
+      call.push("a ");
+      const first = await readUntilDeltas(stream, 1);
+      // Quieter than the window: the next token waits for nothing, the one right after it is held.
+      await sleep(450);
+      call.push("b ");
+      call.push("c ");
+      call.finish();
+      const tail = await first.rest;
+      const deltas = [...first.events, ...tail].flatMap((e) => (e.event.case === "textDelta" ? [e.event.value.text] : []));
+      expect(deltas).toEqual(["a ", "b ", "c "]);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe("partial answers flushed while deltas are held for coalescing", () => {
   it("store only text whose deltas are in the log, so whoever resumes after a crash has seen all of the stored answer", async () => {
     const model = controlledModel();
