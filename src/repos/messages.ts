@@ -129,9 +129,11 @@ export async function appendMessages(
   const first = rows[0];
   if (!first) throw await diagnoseMiss(db, tenantId, sessionId, options);
   const session = Object.fromEntries(SESSION_COLUMNS.map((c) => [c, first[`s_${c}`]])) as unknown as SessionRow;
+  // The message's own columns copied, not the session's deleted: deleting properties turns
+  // an object into a slow dictionary for everything that reads it afterwards.
   const messages = rows.map((r) => {
-    const m: Record<string, unknown> = { ...r };
-    for (const c of SESSION_COLUMNS) delete m[`s_${c}`];
+    const m: Record<string, unknown> = {};
+    for (const k in r) if (!k.startsWith("s_")) m[k] = r[k as keyof AppendedRow];
     return m as unknown as MessageRow;
   });
   return { session, messages };
