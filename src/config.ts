@@ -57,6 +57,8 @@ export interface Config {
   readonly askEventLogMaxLen: number;
   /** At most one text delta per Ask per window: sooner ones are merged, a delta after a quieter stretch goes at once (0: every delta as it comes). */
   readonly askDeltaCoalesceMs: number;
+  /** The hot statements run as named prepared statements on Postgres (off behind a pooler that cannot keep them). */
+  readonly dbPreparedStatements: boolean;
   /** Secret that signs page tokens; undefined: generated once and stored in the database. */
   readonly tokenSecret: string | undefined;
   readonly logLevel: string;
@@ -148,6 +150,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     redisPrefix: env.PARLEY_REDIS_PREFIX ?? "parley:",
     askEventLogMaxLen: int(env, "PARLEY_ASK_EVENT_LOG_MAX_LEN", 100_000, 1),
     askDeltaCoalesceMs: int(env, "PARLEY_ASK_COALESCE_MS", 25),
+    dbPreparedStatements: bool(env, "PARLEY_DB_PREPARED_STATEMENTS", true),
     tokenSecret: env.PARLEY_TOKEN_SECRET || undefined,
     logLevel: env.PARLEY_LOG_LEVEL || "info",
     ...overrides,

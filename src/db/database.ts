@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Kysely, PGliteDialect, PostgresDialect, sql } from "kysely";
 import pg from "pg";
+import { usePreparedStatements } from "./prepared.js";
 import { createPgListen, type ListenFn, type Unlisten } from "./notifications.js";
 import type { Database } from "./schema.js";
 
@@ -10,6 +11,8 @@ export interface DatabaseOptions {
   readonly url: string | undefined;
   readonly dataDir: string;
   readonly poolSize?: number;
+  /** Hot statements as named prepared statements on Postgres (default true; false behind a pooler that cannot keep them). */
+  readonly preparedStatements?: boolean;
 }
 
 export interface DatabaseHandle {
@@ -35,6 +38,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHa
     });
     // A broken idle connection must not crash the process; the pool replaces it.
     pool.on("error", () => {});
+    if (options.preparedStatements ?? true) usePreparedStatements(pool);
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     return handle(db, "postgres", createPgListen(url, undefined));
   }

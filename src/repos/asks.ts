@@ -13,6 +13,7 @@ import type {
 } from "../db/schema.js";
 import { insertAfterSession, type MessageInput } from "./messages.js";
 import type { LockedSession } from "./state.js";
+import { prepared } from "../db/prepared.js";
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -61,6 +62,7 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
     ])
     .where("s.id", "=", sessionId)
     .where("s.tenant_id", "=", tenantId)
+    .modifyEnd(prepared)
     .executeTakeFirst();
   if (!row) return undefined;
   return {
@@ -199,7 +201,7 @@ export async function finishAsk(
       ${releaseClaimStatement(tenantId, sessionId, askId)}
       returning id
     )
-    select m.* from m`.execute(db);
+    select m.* from m${prepared}`.execute(db);
   return { message: rows[0] };
 }
 

@@ -9,6 +9,7 @@ import type {
   SessionRow,
 } from "../db/schema.js";
 import { aborted, failedPrecondition, notFound } from "../errors.js";
+import { prepared } from "../db/prepared.js";
 import { newId } from "../ids.js";
 
 type Db = Kysely<Database> | Transaction<Database>;
@@ -125,7 +126,7 @@ export async function appendMessages(
         inputs.map((m, i) => ({ ...m, id: ids[i]! })),
       )}
     )${record}
-    select m.*, ${sessionSelection} from m, s order by m.seq`.execute(db);
+    select m.*, ${sessionSelection} from m, s order by m.seq${prepared}`.execute(db);
   const first = rows[0];
   if (!first) throw await diagnoseMiss(db, tenantId, sessionId, options);
   const session = Object.fromEntries(SESSION_COLUMNS.map((c) => [c, first[`s_${c}`]])) as unknown as SessionRow;

@@ -1,5 +1,6 @@
 import { sql, type Kysely, type RawBuilder, type Transaction } from "kysely";
 import type { Database, NewSessionRow, SessionRow, SessionStatusText, SessionUpdate } from "../db/schema.js";
+import { prepared } from "../db/prepared.js";
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -58,7 +59,7 @@ export async function findSession(
     .where("id", "=", id)
     .where("tenant_id", "=", tenantId);
   if (lock) q = q.forUpdate();
-  return q.executeTakeFirst();
+  return q.modifyEnd(prepared).executeTakeFirst();
 }
 
 /** One page of the tenant's sessions matching the filter, ordered by (sort, id), after the cursor of the previous page. */
