@@ -424,7 +424,7 @@ export async function claimFreeSession(
                   where session_id = s.id and tenant_id = s.tenant_id and seq <= s.last_seq - ${n}
                   order by seq desc limit ${args.historyLimit}) h) as history,
            s.last_seq - ${n} as previous_seq
-    from s cross join a left join m u on u.role = 'user'`.execute(db);
+    from s cross join a left join m u on u.role = 'user'${prepared}`.execute(db);
   const row = rows[0];
   if (!row) return undefined;
   const { ask_create_time, s_user_id, s_agent_id, s_state, user_state, app_state, history, previous_seq, ...user } = row as typeof row & {
