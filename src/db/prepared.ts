@@ -10,12 +10,12 @@ export const PREPARED_MARK = "/* parley:prepared */";
  * `sql` template) for a named prepared statement: each connection parses and
  * plans it once, not per call. Only statements whose text is one of a few fixed
  * shapes are marked (a connection keeps every statement it prepared), and only
- * those whose generic plan cannot go wrong: primary-key reads and writes. Range
- * reads with a LIMIT are not: a generic plan of `seq < $3 … limit $4` scans and
- * sorts the whole session instead of reading the window backwards. The Ask's
- * claim is: its history window is bounded by the claimed row's last_seq, an
- * outer reference that no plan knows in advance, and its generic plan is the
- * backward window scan (checked with plan_cache_mode = force_generic_plan).
+ * those whose generic plan is the plan a custom one would be: primary-key reads
+ * and writes, and the Ask's claim (its history window is bounded by the claimed
+ * row's last_seq, which no plan knows in advance; checked with plan_cache_mode =
+ * force_generic_plan). Range reads with a LIMIT are not: a generic plan of
+ * `seq < $3 … limit $4` scans and sorts the whole session instead of reading
+ * the window backwards.
  */
 export const prepared = sql.raw(` ${PREPARED_MARK}`);
 

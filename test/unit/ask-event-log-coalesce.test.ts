@@ -49,16 +49,26 @@ describe("coalesced text deltas", () => {
   });
 });
 
+/** An app whose agent answers with a model the test drives, and an Ask started on a new session. */
+async function startControlledAsk(config: NonNullable<Parameters<typeof createTestApp>[0]>["config"]) {
+  const model = controlledModel();
+  const t = await createTestApp({ models: createFakeModels({ ctl: model }), config });
+  try {
+    const { agent } = await t.client(AgentService).createAgent({ agent: { name: "c", model: "fake:ctl" } });
+    const sessions = t.client(SessionService);
+    const { session } = await sessions.createSession({ session: { agentId: agent!.id, userId: "u" } });
+    const stream = sessions.ask({ sessionId: session!.id, content: "go" });
+    return { t, stream, call: await model.call(0) };
+  } catch (err) {
+    await t.close();
+    throw err;
+  }
+}
+
 describe("a delta after a quiet stretch", () => {
   it("goes out at once when the window since the last delta has passed; only deltas that come sooner are held", async () => {
-    const model = controlledModel();
-    const t = await createTestApp({ models: createFakeModels({ ctl: model }), config: { askDeltaCoalesceMs: 300 } });
+    const { t, stream, call } = await startControlledAsk({ askDeltaCoalesceMs: 300 });
     try {
-      const { agent } = await t.client(AgentService).createAgent({ agent: { name: "q", model: "fake:ctl" } });
-      const sessions = t.client(SessionService);
-      const { session } = await sessions.createSession({ session: { agentId: agent!.id, userId: "u" } });
-      const stream = sessions.ask({ sessionId: session!.id, content: "go" });
-      const call = await model.call(0);
       call.push("a ");
       const first = await readUntilDeltas(stream, 1);
       // Quieter than the window: the next token waits for nothing, the one right after it is held.
@@ -77,15 +87,9 @@ describe("a delta after a quiet stretch", () => {
 
 describe("partial answers flushed while deltas are held for coalescing", () => {
   it("store only text whose deltas are in the log, so whoever resumes after a crash has seen all of the stored answer", async () => {
-    const model = controlledModel();
     // A window far longer than the test keeps later tokens out of the log; the flush ticks every 10 ms.
-    const t = await createTestApp({ models: createFakeModels({ ctl: model }), config: { askDeltaCoalesceMs: 60_000, flushIntervalMs: 10 } });
+    const { t, stream, call } = await startControlledAsk({ askDeltaCoalesceMs: 60_000, flushIntervalMs: 10 });
     try {
-      const { agent } = await t.client(AgentService).createAgent({ agent: { name: "c", model: "fake:ctl" } });
-      const sessions = t.client(SessionService);
-      const { session } = await sessions.createSession({ session: { agentId: agent!.id, userId: "u" } });
-      const stream = sessions.ask({ sessionId: session!.id, content: "go" });
-      const call = await model.call(0);
       call.push("first ");
       const { events, rest } = await readUntilDeltas(stream, 1);
       const started = events[0]!.event;
