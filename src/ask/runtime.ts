@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { LRUCache } from "lru-cache";
 import { fingerprint } from "../fingerprint.js";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
@@ -19,6 +20,7 @@ import { newId, requireId } from "../ids.js";
 import {
   claimFreeSession,
   findAskByRequest,
+  type AskTarget,
   findAskTarget,
   finishAsk,
   getAsk,
@@ -189,6 +191,17 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   };
   /** Asks running in this process. */
   const runs = new Map<string, AskRun>();
+  // The agents of the sessions this replica has run Asks in, as last read: the next Ask in such a
+  // session claims it in its first statement, which checks that the session still has that agent
+  // and the agent is still at the version read (an update on any replica bumps it).
+  /** Agent id by tenant/session. */
+  const sessionAgents = new LRUCache<string, string>({ max: 100_000 });
+  /** Agent by tenant/agent, bounded by size too (instructions can be long). */
+  const agents = new LRUCache<string, AskTarget["agent"]>({
+    max: 2_000,
+    maxSize: 32 * 1024 * 1024,
+    sizeCalculation: (a) => 2 * a.instructions.length + 4096,
+  });
   // A CancelAsk served by any replica reaches the one that runs the Ask here.
   const unsubscribeCancels = cancels.subscribe((askId, reason) =>
     runs.get(askId)?.cancel(reason === "interrupt" ? "interrupt" : "cancel_ask"),
@@ -224,16 +237,53 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
 
   /** Starts a new Ask, or finds the one a retried request_id already started. */
   async function begin(tenantId: string, v: ValidAsk, signal: AbortSignal): Promise<{ askId: string; owned: boolean }> {
+    const sessionKey = `${tenantId}/${v.sessionId}`;
+    // A session this replica has run an Ask in: its agent as read then, checked (by version) by the claim itself.
+    const knownAgentId = sessionAgents.get(sessionKey);
+    const known = knownAgentId === undefined ? undefined : agents.get(`${tenantId}/${knownAgentId}`);
+    if (known && !draining && isEmptyDelta(v.stateDelta)) {
+      const started = await start(tenantId, v, signal, known, true);
+      if (started) return started;
+    }
     const target = await findAskTarget(db, tenantId, v.sessionId);
-    if (!target) throw notFound("session", v.sessionId);
+    if (!target) {
+      sessionAgents.delete(sessionKey);
+      throw notFound("session", v.sessionId);
+    }
+    sessionAgents.set(sessionKey, target.agent.id);
+    const agentKey = `${tenantId}/${target.agent.id}`;
+    // Reads that raced an update may land in either order: the newer version stays.
+    if ((agents.get(agentKey)?.version ?? 0) <= target.agent.version) agents.set(agentKey, target.agent);
     if (v.requestId) {
       const prior = await findAskByRequest(db, tenantId, v.sessionId, v.requestId);
       if (prior) return attach(prior, v);
     }
     if (target.session.status !== "active") throw sessionArchived(v.sessionId);
     if (draining) throw unavailable("the server is shutting down; retry the Ask", "SHUTTING_DOWN");
+    return (await start(tenantId, v, signal, target.agent, false))!;
+  }
+
+  /**
+   * Claims the session, stores the Ask and starts it. With `known`, the agent is an earlier
+   * read: the claim is taken only if the session is free and its agent unchanged, and anything
+   * else (a busy session, a changed agent, one whose model no longer resolves) returns undefined
+   * with nothing stored, for begin to take the full path.
+   */
+  async function start(
+    tenantId: string,
+    v: ValidAsk,
+    signal: AbortSignal,
+    agent: AskTarget["agent"],
+    known: boolean,
+  ): Promise<{ askId: string; owned: boolean } | undefined> {
     // Before anything is stored: an Ask nobody can answer leaves no trace.
-    const model = models.resolve(target.agent.model);
+    let model: ReturnType<ModelRegistry["resolve"]>;
+    try {
+      model = models.resolve(agent.model);
+    } catch (err) {
+      if (known) return undefined;
+      throw err;
+    }
 
     const askId = newId();
     const userMessageId = v.store ? newId() : null;
@@ -269,7 +319,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
               ask: askRow,
               leaseMs: config.askLeaseMs,
               // The turn's history window (run.ts loadContext): its own user message (and placeholder) count in it.
-              historyLimit: Math.max(historyWindow(target.agent) - (userMessageId ? 1 : 0), 0),
+              historyLimit: Math.max(historyWindow(agent) - (userMessageId ? 1 : 0), 0),
               messages:
                 userMessageId && assistantMessageId
                   ? [
@@ -277,8 +327,10 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
                       { id: assistantMessageId, role: "assistant", content: "", status: "streaming", model: model.id },
                     ]
                   : [],
+              ...(known ? { agent: { id: agent.id, version: agent.version } } : {}),
             })
           : undefined;
+        if (!free && known) return undefined;
         if (free) {
           const { owner, state, user, app } = free.state;
           stored = { createTime: free.askCreateTime, user: free.user, state: { owner, session: state, user, app, temp: {} } };
@@ -294,7 +346,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
                 : [{ id: "", role: "user", content: v.content, status: "complete" }, ...free.history];
           }
         } else {
-          const agentPolicy = { policy: target.agent.concurrency_policy, enqueueTimeoutMs: target.agent.enqueue_timeout_ms };
+          const agentPolicy = { policy: agent.concurrency_policy, enqueueTimeoutMs: agent.enqueue_timeout_ms };
           const gateRequest = { ...v, tenantId, agentPolicy, askId, signal };
           stored = await gate.acquire(gateRequest, async (tx, claim) => {
             // The previous holder's lease expired: its replica is gone.
@@ -331,7 +383,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
         sessionId: v.sessionId,
         askId,
         model,
-        agent: target.agent,
+        agent,
         userId: stored.state.owner.userId,
         state: { session: stored.state.session, user: stored.state.user, app: stored.state.app, temp: stored.state.temp },
         overrides: {

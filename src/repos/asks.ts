@@ -28,6 +28,7 @@ export interface AskTarget {
   readonly agent: Pick<
     AgentRow,
     | "id"
+    | "version"
     | "instructions"
     | "model"
     | "generation"
@@ -50,6 +51,7 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
       "s.tenant_id",
       "s.agent_id",
       "s.status",
+      "a.version",
       "a.instructions",
       "a.model",
       "a.generation",
@@ -69,6 +71,7 @@ export async function findAskTarget(db: Db, tenantId: string, sessionId: string)
     session: { id: row.session_id, tenant_id: row.tenant_id, agent_id: row.agent_id, status: row.status },
     agent: {
       id: row.agent_id,
+      version: row.version,
       instructions: row.instructions,
       model: row.model,
       generation: row.generation,
@@ -380,6 +383,11 @@ export async function claimFreeSession(
     readonly historyLimit: number;
     /** The user message and the assistant's placeholder (their ask_id is the Ask's); none when it stores nothing. */
     readonly messages: readonly (MessageInput & { readonly id: string })[];
+    /**
+     * Claims only when the session still belongs to this agent and the agent is still at this
+     * version: the Ask then runs with an agent read earlier (a replica's cache) without reading it again.
+     */
+    readonly agent?: { readonly id: string; readonly version: number };
   },
 ): Promise<FreeClaim | undefined> {
   const { ask, messages } = args;
@@ -401,7 +409,13 @@ export async function claimFreeSession(
           last_message_time = case when ${n} > 0 then clock_timestamp() else last_message_time end,
           update_time = case when ${n} > 0 then clock_timestamp() else update_time end,
           version = version + case when ${n} > 0 then 1 else 0 end
-      where id = ${ask.session_id} and tenant_id = ${ask.tenant_id} and status = 'active' and active_ask_id is null
+      where id = ${ask.session_id} and tenant_id = ${ask.tenant_id} and status = 'active' and active_ask_id is null${
+        args.agent
+          ? sql`
+        and agent_id = ${args.agent.id}
+        and exists (select 1 from agents ag where ag.id = ${args.agent.id} and ag.tenant_id = ${ask.tenant_id} and ag.version = ${args.agent.version})`
+          : sql``
+      }
         and not exists (select 1 from ask_queue q where q.session_id = sessions.id and q.tenant_id = sessions.tenant_id)
       returning id, tenant_id, user_id, agent_id, state, last_seq, update_time
     ), a as (

@@ -10,20 +10,23 @@ import { createRecordingApp, type RecordingApp } from "../helpers/recording-app.
  * state delta): a structural bound, so that a later change cannot quietly add
  * reads of the agent, second session locks or queue work back to the hot path.
  * BEGIN and COMMIT are not counted (they are not queries of the query builder).
- * Before issue 5 the same Ask issued 17, then 10; now: the target read, one
- * statement that claims the free session, stores the Ask and both messages and
- * returns the history window, and one statement that stores the outcome and
- * releases the session.
+ * Before issue 5 the same Ask issued 17, then 10, then 3; now: one statement that
+ * claims the free session (if its agent is still the version this replica read for
+ * the session's last Ask), stores the Ask and both messages and returns the history
+ * window, and one statement that stores the outcome and releases the session. The
+ * first Ask a replica runs in a session reads the session and its agent first.
  */
-const MAX_PLAIN_ASK_STATEMENTS = 3;
+const MAX_PLAIN_ASK_STATEMENTS = 2;
+const MAX_FIRST_ASK_STATEMENTS = 3;
 
 describe.each(backends())("SQL statements of one Ask on %s", (backend) => {
   let r: RecordingApp;
   let sessionId: string;
+  let agentId: string;
 
   beforeAll(async () => {
     r = await createRecordingApp(backend);
-    const agentId = (
+    agentId = (
       await r.agents.createAgent({ agent: { name: "plain", model: "fake:hello", concurrencyPolicy: ConcurrencyPolicy.REJECT } })
     ).agent!.id;
     sessionId = (await r.sessions.createSession({ session: { agentId, userId: "u" } })).session!.id;
@@ -36,9 +39,9 @@ describe.each(backends())("SQL statements of one Ask on %s", (backend) => {
   });
 
   /** The finish transaction may commit just after the terminal event; wait for the released session. */
-  async function waitFinished() {
+  async function waitFinished(id = sessionId) {
     for (let i = 0; i < 200; i++) {
-      const s = await r.base.selectFrom("sessions").select("active_ask_id").where("id", "=", sessionId).executeTakeFirstOrThrow();
+      const s = await r.base.selectFrom("sessions").select("active_ask_id").where("id", "=", id).executeTakeFirstOrThrow();
       if (s.active_ask_id === null) return;
       await new Promise((res) => setTimeout(res, 10));
     }
@@ -56,12 +59,26 @@ describe.each(backends())("SQL statements of one Ask on %s", (backend) => {
     const asks = await r.sessions.getAsk({ askId: events.at(-1)!.askId });
     expect(asks.ask?.status).toBe(AskStatus.COMPLETED);
     if (process.env.PARLEY_PRINT_ASK_SQL) console.log(sql.join("\n"));
-    // Each of these would be a second read of something the Ask already has.
-    expect(sql.filter((s) => /"agents"/.test(s))).toHaveLength(1);
+    // The agent is not read again: the claim checks its version.
+    expect(sql.filter((s) => /"agents"/.test(s))).toHaveLength(0);
     // A free session is claimed by a conditional UPDATE: no locked read first.
     expect(sql.filter((s) => /for update/i.test(s))).toHaveLength(0);
     // The queue is only looked at through the claim's NOT EXISTS when nobody waits.
     expect(sql.filter((s) => /^[^(]*"ask_queue"/.test(s))).toHaveLength(0);
     expect(sql.length).toBeLessThanOrEqual(MAX_PLAIN_ASK_STATEMENTS);
+  });
+
+  it(`the first Ask in a session issues at most ${MAX_FIRST_ASK_STATEMENTS} statements, one of them the agent's read`, async () => {
+    const fresh = (await r.sessions.createSession({ session: { agentId, userId: "u" } })).session!.id;
+    r.queries.length = 0;
+    const events = await collect(r.sessions.ask({ sessionId: fresh, content: "Hi there" }));
+    await waitFinished(fresh);
+    const sql = r.queries.map((q) => q.sql);
+    r.queries.length = 0;
+
+    expect(events.at(-1)?.event.case).toBe("completed");
+    expect(sql.filter((s) => /"agents"/.test(s))).toHaveLength(1);
+    expect(sql.filter((s) => /for update/i.test(s))).toHaveLength(0);
+    expect(sql.length).toBeLessThanOrEqual(MAX_FIRST_ASK_STATEMENTS);
   });
 });
