@@ -162,19 +162,31 @@ export function createErrorInterceptor(log?: ErrorLogger): Interceptor {
     try {
       const res = await next(req);
       if (!res.stream) return res;
-      const message = res.message;
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* message;
-          } catch (err) {
-            throw toConnectError(err, log);
-          }
-        })(),
-      };
+      return { ...res, message: mapErrors(res.message, (err) => toConnectError(err, log)) };
     } catch (err) {
       throw toConnectError(err, log);
     }
+  };
+}
+
+/**
+ * The same stream, with its errors mapped. Not an async generator: a generator that
+ * delegates with `yield*` adds several promise turns to every message of a stream
+ * (each of an Ask's deltas), where this adds one `catch`.
+ */
+function mapErrors<T>(source: AsyncIterable<T>, map: (err: unknown) => unknown): AsyncIterable<T> {
+  return {
+    [Symbol.asyncIterator](): AsyncIterator<T> {
+      const it = source[Symbol.asyncIterator]();
+      const rethrow = (err: unknown): never => {
+        throw map(err);
+      };
+      return {
+        next: () => it.next().catch(rethrow),
+        return: (value?: unknown) =>
+          it.return ? it.return(value).catch(rethrow) : Promise.resolve({ done: true as const, value: value as T }),
+        throw: (err?: unknown) => (it.throw ? it.throw(err).catch(rethrow) : Promise.reject(map(err))),
+      };
+    },
   };
 }
