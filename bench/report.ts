@@ -369,7 +369,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     "## Scenario 3: history length (and a table full of other sessions)",
     "",
-    "History seeded in SQL; ANALYZE after seeding. `.full` runs repeat the smallest session after the other users' messages were added. Each Ask adds two messages to its session.",
+    "History seeded in SQL; after each seeding VACUUM ANALYZE of messages and sessions and a CHECKPOINT, so that no run measures the write-out of the rows just seeded. `.full` runs repeat the smallest session after the other users' messages were added. Each Ask adds two messages to its session.",
     "",
     runTable(r, by("parley.history."), undefined),
     "",
