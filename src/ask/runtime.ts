@@ -195,7 +195,7 @@ export function createAskRuntime(deps: AskRuntimeDeps): AskRuntime {
   // session claims it in its first statement, which checks that the session still has that agent
   // and the agent is still at the version read (an update on any replica bumps it).
   /** Agent id by tenant/session. */
-  const sessionAgents = new LRUCache<string, string>({ max: 100_000 });
+  const sessionAgents = new LRUCache<string, string>({ max: 20_000 });
   /** Agent by tenant/agent, bounded by size too (instructions can be long). */
   const agents = new LRUCache<string, AskTarget["agent"]>({
     max: 2_000,
