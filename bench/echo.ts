@@ -9,6 +9,7 @@ import {
   FieldDescriptorProto_Type,
 } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
+import { setTimeout as sleep } from "node:timers/promises";
 
 const file = create(FileDescriptorProtoSchema, {
   name: "bench/v1/echo.proto",
@@ -20,6 +21,7 @@ const file = create(FileDescriptorProtoSchema, {
       field: [
         { name: "text", number: 1, type: FieldDescriptorProto_Type.STRING, label: FieldDescriptorProto_Label.OPTIONAL, jsonName: "text" },
         { name: "count", number: 2, type: FieldDescriptorProto_Type.INT32, label: FieldDescriptorProto_Label.OPTIONAL, jsonName: "count" },
+        { name: "interval_ms", number: 3, type: FieldDescriptorProto_Type.INT32, label: FieldDescriptorProto_Label.OPTIONAL, jsonName: "intervalMs" },
       ],
     },
   ],
@@ -37,12 +39,12 @@ const file = create(FileDescriptorProtoSchema, {
 const registry = createFileRegistry(file, () => undefined);
 
 /** The one message of the echo service. */
-export type EchoMessage = Message<"bench.v1.EchoMessage"> & { text: string; count: number };
+export type EchoMessage = Message<"bench.v1.EchoMessage"> & { text: string; count: number; intervalMs: number };
 
 /** Schema of EchoMessage. */
 export const EchoMessageSchema = registry.getMessage("bench.v1.EchoMessage") as GenMessage<EchoMessage>;
 
-/** bench.v1.EchoService: Echo returns its request; Stream sends `count` copies of `text`. */
+/** bench.v1.EchoService: Echo returns its request; Stream sends `count` copies of `text`, `interval_ms` apart. */
 export const EchoService = registry.getService("bench.v1.EchoService") as GenService<{
   echo: { methodKind: "unary"; input: typeof EchoMessageSchema; output: typeof EchoMessageSchema };
   stream: { methodKind: "server_streaming"; input: typeof EchoMessageSchema; output: typeof EchoMessageSchema };
@@ -50,8 +52,11 @@ export const EchoService = registry.getService("bench.v1.EchoService") as GenSer
 
 const impl: ServiceImpl<typeof EchoService> = {
   echo: (req) => req,
-  async *stream(req) {
-    for (let i = 0; i < req.count; i++) yield { text: req.text, count: i };
+  async *stream(req, ctx) {
+    for (let i = 0; i < req.count; i++) {
+      if (i > 0 && req.intervalMs > 0) await sleep(req.intervalMs, undefined, { signal: ctx.signal });
+      yield { text: req.text, count: i, intervalMs: req.intervalMs };
+    }
   },
 };
 

@@ -479,22 +479,51 @@ async function scenario3(url: string): Promise<void> {
  */
 async function scenario4(server: BenchServer, agentId: string): Promise<Record<string, number>> {
   const n = profile.streams;
-  const wave = Math.min(200, n);
   const sessions: string[] = [];
   for (let i = 0; i < n; i += 50) {
     sessions.push(...(await Promise.all(Array.from({ length: Math.min(50, n - i) }, () => newSession(server.client, agentId)))));
   }
+  // The framework's own share, first: as many bare Connect server streams on the same server, each
+  // sending the slow model's token as often (a small message every 100 ms), held open the same way.
+  const echo = createClient(EchoService, server.client.transport);
+  const bare = await holdStreams(server, n, async function* (_i, signal) {
+    for await (const m of echo.stream({ text: FAST_TOKEN_TEXT, count: 600, intervalMs: 100 }, { signal })) {
+      if (m.text.length > 0) yield;
+    }
+  });
+  // The bare streams' ends settle before the Asks' "before" is read.
+  await new Promise((r) => setTimeout(r, 2_000));
+  const parley = await holdStreams(server, n, async function* (i, signal) {
+    for await (const ev of server.client.ask({ sessionId: sessions[i]!, content: CONTENT }, { signal })) {
+      if (ev.event.case === "textDelta") yield;
+    }
+  });
+  return { ...parley, ...Object.fromEntries(Object.entries(bare).map(([k, v]) => [`bare_${k}`, v])) };
+}
+
+/**
+ * Opens n streams (each an iterable that yields once per token) in waves of 200, each wave
+ * waiting (up to 30 s) for its first tokens, until all are open or a wave does not fully start;
+ * then reads the server's memory while every started stream still streams, and divides by the
+ * streams open at that moment.
+ */
+async function holdStreams(
+  server: BenchServer,
+  n: number,
+  stream: (i: number, signal: AbortSignal) => AsyncIterable<void>,
+): Promise<Record<string, number>> {
+  const wave = Math.min(200, n);
   const before = await server.memory();
   const abort = new AbortController();
   let started = 0;
   let ended = 0;
   let failed = 0;
-  const open = (sessionId: string, onFirst: () => void) =>
+  const open = (i: number, onFirst: () => void) =>
     (async () => {
       let first = true;
       try {
-        for await (const ev of server.client.ask({ sessionId, content: CONTENT }, { signal: abort.signal })) {
-          if (ev.event.case === "textDelta" && first) {
+        for await (const _ of stream(i, abort.signal)) {
+          if (first) {
             first = false;
             started++;
             onFirst();
@@ -509,20 +538,20 @@ async function scenario4(server: BenchServer, agentId: string): Promise<Record<s
     })();
   const streams: Promise<void>[] = [];
   for (let i = 0; i < n; i += wave) {
-    const batch = sessions.slice(i, i + wave);
+    const size = Math.min(wave, n - i);
     let settled = 0;
     const waveStarted = started;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 30_000);
       const onFirst = () => {
-        if (++settled === batch.length) {
+        if (++settled === size) {
           clearTimeout(timer);
           resolve();
         }
       };
-      for (const sessionId of batch) streams.push(open(sessionId, onFirst));
+      for (let j = i; j < i + size; j++) streams.push(open(j, onFirst));
     });
-    if (started - waveStarted < batch.length) break;
+    if (started - waveStarted < size) break;
   }
   // Let a few tokens flow through every stream before measuring; the CPU both processes use
   // meanwhile (in cores) tells whether the open streams are bound by the machine.
