@@ -472,10 +472,8 @@ async function scenario3(url: string): Promise<void> {
 }
 
 /**
- * Scenario 4: up to profile.streams slow Asks open at once. They are opened in waves of 200,
- * each wave waiting (up to 30 s) for its first tokens, until all are open or a wave does not
- * fully start; memory is then read while every started answer is still streaming (they last
- * 60 s), and divided by the streams open at that moment.
+ * Scenario 4: profile.streams bare Connect streams, then as many slow Asks (60 s answers), each
+ * set held open by holdStreams; the Asks' figures at the top level, the bare ones as `bare_*`.
  */
 async function scenario4(server: BenchServer, agentId: string): Promise<Record<string, number>> {
   const n = profile.streams;
