@@ -347,7 +347,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     `- Machine: ${m.machine.cpus} × ${m.machine.cpuModel}, ${m.machine.memoryGiB} GiB, ${m.machine.os}; load average before ${m.machine.loadBefore.map((l) => l.toFixed(2)).join(" / ")}, after ${m.machine.loadAfter.map((l) => l.toFixed(2)).join(" / ")} (shared machine)`,
     `- Versions: ${Object.entries(m.versions).map(([k, v]) => `${k} ${v}`).join(", ")}`,
     `- Pool size: ${m.poolSize} connections for Parley's server, the raw pg baseline and LangGraph (pg.Pool default); ADK uses MikroORM's default pool.`,
-    `- Client and server on this one machine: the load generator and the peers (in-process) run in one Node process, the Parley server (Postgres, then PGlite) in another, over gRPC (HTTP/2 cleartext) through \`createParleyClient\`.`,
+    `- Client and server on this one machine: the load generator and the peers (in-process) run in one Node process, the Parley server (Postgres, then PGlite) in another, over gRPC (HTTP/2 cleartext) through \`createParleyClient\`. The server runs as compiled by tsc (\`tsconfig.bench.json\`: src, gen and bench/server.ts into \`dist/bench-server\`), the JavaScript \`npm start\` runs, not through tsx's loader.`,
     `- Phases: warm-up ${m.profile.warmupMs} ms then ${m.profile.durationMs} ms measured per run (closed loop: each of c workers starts its next call when the previous one ends).`,
     ...m.notes.map((n) => `- ${n}`),
     "",

@@ -2,9 +2,10 @@
 // same Postgres (raw pg, a bare Connect service on the same server, Google ADK, LangGraph),
 // writes bench/results/<time>.json and renders bench/REPORT.md with its charts.
 // `npm run bench -- --smoke` (or PARLEY_BENCH_SMOKE=1) runs a tiny configuration in seconds.
-import { fork, type ChildProcess } from "node:child_process";
+import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem, loadavg, release, platform, arch } from "node:os";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createClient } from "@connectrpc/connect";
@@ -188,15 +189,30 @@ interface BenchServer {
   stop(): Promise<void>;
 }
 
+let builtServer: string | undefined;
+
+/**
+ * The bench server compiled by tsc (tsconfig.bench.json: src, gen and bench/server.ts into
+ * dist/bench-server), so the server measured runs the JavaScript `npm start` runs. Under tsx's
+ * loader every named function would be renamed with Object.defineProperty (esbuild's keepNames),
+ * which turns it into a slower dictionary-mode object: about 3 KB more per open Ask.
+ */
+function benchServerScript(): string {
+  if (builtServer === undefined) {
+    const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
+    execFileSync(process.execPath, [tsc, "-p", join(benchDir, "..", "tsconfig.bench.json")], { stdio: "inherit" });
+    builtServer = join(benchDir, "..", "dist", "bench-server", "bench", "server.js");
+  }
+  return builtServer;
+}
+
 async function startBenchServer(databaseUrl: string, cpuProfDir?: string): Promise<BenchServer> {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (!/^(PARLEY_|DATABASE_URL$|PORT$|HOST$|OPENAI_|ANTHROPIC_)/.test(k)) env[k] = v;
   }
-  const child: ChildProcess = fork(join(benchDir, "server.ts"), [], {
+  const child: ChildProcess = fork(benchServerScript(), [], {
     execArgv: [
-      "--import",
-      "tsx",
       "--expose-gc",
       ...(cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${cpuProfDir}`] : []),
     ],
