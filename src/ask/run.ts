@@ -66,9 +66,12 @@ export interface RunSpec {
   readonly history?: readonly HistoryMessage[];
 }
 
+/** What a running Ask keeps of its RunSpec: the history window, the state and the Started message are let go once used. */
+export type RunningSpec = Omit<RunSpec, "history" | "state" | "userMessage">;
+
 /** A running Ask in this process. */
 export interface AskRun {
-  readonly spec: RunSpec;
+  readonly spec: RunningSpec;
   /** Resolves when the Ask is finished: stored, terminal event logged, claim released. Never rejects. */
   readonly done: Promise<void>;
   /** Aborts the model call; the partial answer is kept as CANCELLED. The first reason wins; no-op once finished. */
@@ -89,8 +92,13 @@ function usageOf(u: LanguageModelUsage | undefined): UsageJson | null {
  * heartbeat renewing its lease and flushing its partial answer, and finally
  * stores the outcome and releases the claim.
  */
-export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
+export async function startRun(deps: RunDeps, input: RunSpec): Promise<AskRun> {
   const { db, log, events } = deps;
+  // An open Ask holds only what it needs until its end: the history window the claim read and the
+  // state the instructions render with are dropped once the context is built (loadContext), the
+  // user message once Started is logged.
+  const { history: windowRead, state: stateRead, userMessage, ...spec } = input;
+  let startInputs: Pick<RunSpec, "history" | "state"> | undefined = { history: windowRead, state: stateRead };
   const { tenantId, askId } = spec;
   const abort = new AbortController();
   let abortReason: AbortReason | undefined;
@@ -108,15 +116,18 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
   // The partial answer the heartbeat flushes is the text the log has acknowledged, never
   // text still held for coalescing: after a crash, whoever resumes from the log has seen
   // all of the stored (INTERRUPTED) answer. A failed append freezes it.
+  // The answer so far is kept once: the logged text is always a prefix of it (deltas are logged in
+  // order), and it lags only while a coalescing window holds text, so it is sliced at most once a window.
   let beat: OpenAsk | undefined;
-  let loggedText = "";
+  let content = "";
+  let loggedLength = 0;
   let logBroken = false;
   const appendText = (text: string): Promise<void> =>
     append({ case: "textDelta", value: { text } }).then(
       () => {
         if (logBroken) return;
-        loggedText += text;
-        if (beat) beat.content = loggedText;
+        loggedLength += text.length;
+        if (beat) beat.content = loggedLength === content.length ? content : content.slice(0, loggedLength);
       },
       (err: unknown) => {
         logBroken = true;
@@ -166,7 +177,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     case: "started",
     value: {
       askId,
-      userMessage: spec.userMessage,
+      userMessage,
       assistantMessageId: spec.assistantMessageId ?? "",
       model: spec.model.id,
     },
@@ -187,7 +198,6 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
   };
 
   async function execute(): Promise<void> {
-    let content = "";
     let usage: UsageJson | null = null;
     let failure: AskFailure | undefined;
     let sawFinish = false;
@@ -346,9 +356,11 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
     const maxInputTokens = policy.max_input_tokens || CONTEXT_DEFAULTS.maxInputTokens;
     // Read only the window: one range scan of at most max_history_messages rows
     // (+1 for this Ask's own placeholder when stored).
+    const { history: windowRead, state } = startInputs ?? {};
+    startInputs = undefined;
     let history: readonly HistoryMessage[];
-    if (spec.history) {
-      history = spec.history;
+    if (windowRead) {
+      history = windowRead;
     } else if (spec.store) {
       history = await lastMessages(db, tenantId, spec.sessionId, maxHistoryMessages + 1);
     } else {
@@ -367,7 +379,7 @@ export async function startRun(deps: RunDeps, spec: RunSpec): Promise<AskRun> {
       question: spec.userContent,
       signal: abort.signal,
     });
-    const instructions = [renderInstructions(spec.agent.instructions, spec.state), memories.text].filter((t) => t.trim() !== "").join("\n\n");
+    const instructions = [renderInstructions(spec.agent.instructions, state), memories.text].filter((t) => t.trim() !== "").join("\n\n");
     const knowledge = await loadTurnKnowledge({
       search: deps.knowledge,
       log,
