@@ -6,6 +6,7 @@ import * as memoryState from "./migrations/2026_11_21_203100_memory_state.js";
 import * as askConcurrency from "./migrations/2026_11_21_204000_ask_concurrency.js";
 import * as askRecovery from "./migrations/2026_11_21_204500_ask_recovery.js";
 import * as sessionWatch from "./migrations/2026_11_22_010000_session_watch.js";
+import * as sessionIndexes from "./migrations/2026_12_06_000000_session_indexes.js";
 import type { Database } from "./schema.js";
 
 // Listed explicitly (not read from the directory) so that the compiled package,
@@ -17,6 +18,7 @@ const migrations: Record<string, Migration> = {
   "2026_11_21_204000_ask_concurrency": askConcurrency,
   "2026_11_21_204500_ask_recovery": askRecovery,
   "2026_11_22_010000_session_watch": sessionWatch,
+  "2026_12_06_000000_session_indexes": sessionIndexes,
 };
 
 /** Brings the schema to the latest migration; throws with the failing migration's error. */
