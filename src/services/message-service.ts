@@ -130,7 +130,8 @@ export function createMessageService(deps: ServiceDeps): ServiceImpl<typeof Mess
 
       const respond = (r: { session: SessionRow; messages: MessageRow[] }) =>
         create(AppendMessagesResponseSchema, { messages: r.messages.map(messageToProto), session: sessionToProto(r.session) });
-      const requestHash = fingerprint([inputs, expectedLastSeq ?? null, ...(isEmptyDelta(stateDelta) ? [] : [stateDelta])]);
+      // Only a request_id's record (and its replay check) needs the request's fingerprint.
+      const requestHash = requestId === "" ? "" : fingerprint([inputs, expectedLastSeq ?? null, ...(isEmptyDelta(stateDelta) ? [] : [stateDelta])]);
       const replay = async (
         q: Kysely<Database> | Transaction<Database>,
         prior: { messageIds: readonly string[]; requestHash: string },
