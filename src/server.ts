@@ -183,6 +183,10 @@ export async function startServer(app: App, options: ServerOptions = {}): Promis
     const h2 = http2.createServer({ settings: h2Settings }, onRequest);
     h2.on("session", (session) => trackSession(session));
     listener = net.createServer((socket) => {
+      // Nagle's algorithm off, as Node's own HTTP/2 server sets it on the connections it accepts
+      // (handed over by emit("connection"), a connection skips that): otherwise a stream's next
+      // small message waits for the peer to acknowledge the last.
+      socket.setNoDelay(true);
       track(socket);
       sniff(socket, (isH2) => {
         if (isH2) h2Sockets.add(socket);

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as tls from "node:tls";
@@ -199,6 +200,38 @@ describe("one port, every protocol", () => {
   it("answers 404 for a path that is neither an RPC nor a health endpoint", async () => {
     const res = await request1(`${s.url}/nope`);
     expect(res.status).toBe(404);
+  });
+
+  // As Node's own HTTP and HTTP/2 servers do: with Nagle's algorithm on, a stream's next small
+  // message (an Ask's next delta) waits until the client has acknowledged the previous one.
+  it("turns Nagle's algorithm off on every connection it accepts, HTTP/1.1 and HTTP/2 alike", async () => {
+    const calls: Array<{ localPort: number | undefined; remotePort: number | undefined; noDelay: boolean | undefined }> = [];
+    const original = net.Socket.prototype.setNoDelay;
+    net.Socket.prototype.setNoDelay = function (this: net.Socket, noDelay?: boolean) {
+      calls.push({ localPort: this.localPort, remotePort: this.remotePort, noDelay });
+      return original.call(this, noDelay);
+    };
+    try {
+      expect((await request1(`${s.url}/healthz`)).status).toBe(200);
+      const session = http2.connect(s.url);
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const req = session.request({ ":path": "/healthz", ":method": "GET" });
+          req.on("error", reject);
+          req.on("end", resolve);
+          req.resume();
+          req.end();
+        });
+      } finally {
+        session.close();
+      }
+    } finally {
+      net.Socket.prototype.setNoDelay = original;
+    }
+    // Node's setNoDelay() without an argument turns it on too.
+    const on = new Set(calls.filter((c) => c.localPort === s.port && c.noDelay !== false).map((c) => c.remotePort));
+    // One HTTP/1.1 connection and one HTTP/2 connection, each set as it was accepted.
+    expect(on.size).toBe(2);
   });
 });
 
