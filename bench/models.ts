@@ -1,12 +1,28 @@
 // Bench-only models: deterministic, no network, so that what is measured is Parley's own work.
 // They reach the server through AppOptions.models (bench/server.ts), never through production config.
-import { MockLanguageModelV4 } from "ai/test";
+import type { LanguageModel } from "ai";
 import type { ModelRegistry } from "../src/ask/models/registry.js";
 import { modelNotConfigured } from "../src/ask/models/registry.js";
 
-type StreamPart = Awaited<ReturnType<MockLanguageModelV4["doStream"]>>["stream"] extends ReadableStream<infer P>
-  ? P
-  : never;
+/** A provider's model as the AI SDK 7 specification (v4) defines it. */
+type BenchModel = Extract<LanguageModel, { readonly specificationVersion: "v4" }>;
+type StreamPart = Awaited<ReturnType<BenchModel["doStream"]>>["stream"] extends ReadableStream<infer P> ? P : never;
+
+/**
+ * A streaming-only model. Not ai/test's MockLanguageModelV4: that one keeps every call's options
+ * (the whole prompt of every Ask) for a test to inspect, which would grow the server's heap by
+ * hundreds of MB over a bench run and slow every scenario after the first Asks.
+ */
+function benchModel(modelId: string, doStream: BenchModel["doStream"]): BenchModel {
+  return {
+    specificationVersion: "v4",
+    provider: "bench",
+    modelId,
+    supportedUrls: {},
+    doGenerate: () => Promise.reject(new Error(`bench:${modelId} only streams`)),
+    doStream,
+  };
+}
 
 /** Model id of the zero-latency model: 200 tokens, all available at once. */
 export const FAST_MODEL = "bench:fast-200";
@@ -36,61 +52,53 @@ function parts(n: number): StreamPart[] {
 
 const fastParts = parts(FAST_TOKENS);
 
-function fastModel(): MockLanguageModelV4 {
-  return new MockLanguageModelV4({
-    provider: "bench",
-    modelId: "fast-200",
-    doStream: async () => ({
-      stream: new ReadableStream<StreamPart>({
-        start(controller) {
-          for (const p of fastParts) controller.enqueue(p);
-          controller.close();
-        },
-      }),
+function fastModel(): BenchModel {
+  return benchModel("fast-200", async () => ({
+    stream: new ReadableStream<StreamPart>({
+      start(controller) {
+        for (const p of fastParts) controller.enqueue(p);
+        controller.close();
+      },
     }),
-  });
+  }));
 }
 
-function slowModel(tokens: number, everyMs: number): MockLanguageModelV4 {
+function slowModel(tokens: number, everyMs: number): BenchModel {
   const all = parts(tokens);
-  return new MockLanguageModelV4({
-    provider: "bench",
-    modelId: "slow-100ms",
-    doStream: async (options) => {
-      let i = 0;
-      let timer: NodeJS.Timeout | undefined;
-      const signal = options.abortSignal;
-      return {
-        stream: new ReadableStream<StreamPart>(
-          {
-            pull(controller) {
-              const p = all[i++];
-              if (!p) return controller.close();
-              // Only the deltas wait; the framing parts go out at once.
-              if (p.type !== "text-delta") return controller.enqueue(p);
-              return new Promise<void>((resolve) => {
-                const onAbort = () => {
-                  clearTimeout(timer);
-                  controller.error(signal?.reason ?? new DOMException("aborted", "AbortError"));
-                  resolve();
-                };
-                if (signal?.aborted) return onAbort();
-                signal?.addEventListener("abort", onAbort, { once: true });
-                timer = setTimeout(() => {
-                  signal?.removeEventListener("abort", onAbort);
-                  controller.enqueue(p);
-                  resolve();
-                }, everyMs);
-              });
-            },
-            cancel() {
-              clearTimeout(timer);
-            },
+  return benchModel("slow-100ms", async (options) => {
+    let i = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const signal = options.abortSignal;
+    return {
+      stream: new ReadableStream<StreamPart>(
+        {
+          pull(controller) {
+            const p = all[i++];
+            if (!p) return controller.close();
+            // Only the deltas wait; the framing parts go out at once.
+            if (p.type !== "text-delta") return controller.enqueue(p);
+            return new Promise<void>((resolve) => {
+              const onAbort = () => {
+                clearTimeout(timer);
+                controller.error(signal?.reason ?? new DOMException("aborted", "AbortError"));
+                resolve();
+              };
+              if (signal?.aborted) return onAbort();
+              signal?.addEventListener("abort", onAbort, { once: true });
+              timer = setTimeout(() => {
+                signal?.removeEventListener("abort", onAbort);
+                controller.enqueue(p);
+                resolve();
+              }, everyMs);
+            });
           },
-          { highWaterMark: 0 },
-        ),
-      };
-    },
+          cancel() {
+            clearTimeout(timer);
+          },
+        },
+        { highWaterMark: 0 },
+      ),
+    };
   });
 }
 
