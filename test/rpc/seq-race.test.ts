@@ -1,11 +1,12 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { CompiledQuery, sql } from "kysely";
+import { type CompiledQuery, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { MessageRole } from "../../gen/parley/v1/common_pb.js";
 import { lastMessages } from "../../src/repos/messages.js";
 import { backends } from "../helpers/databases.js";
 import { errorOf } from "../helpers/errors.js";
+import { explain, planNodes, type PlanNode } from "../helpers/plans.js";
 import { createRecordingApp, type RecordingApp } from "../helpers/recording-app.js";
 
 const user = (content: string) => ({ role: MessageRole.USER, content });
@@ -130,32 +131,12 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       return r.queries.filter((q) => /\bfrom "messages"/.test(q.sql));
     }
 
-    interface PlanNode {
-      "Node Type": string;
-      "Index Name"?: string;
-      "Index Cond"?: string;
-      "Actual Rows"?: number;
-      "Rows Removed by Filter"?: number;
-      Plans?: PlanNode[];
-    }
-
-    async function explain(q: CompiledQuery): Promise<PlanNode> {
-      const res = await r.base.executeQuery<Record<string, unknown>>(
-        CompiledQuery.raw(`explain (analyze, format json) ${q.sql}`, [...q.parameters]),
-      );
-      const raw = Object.values(res.rows[0]!)[0];
-      const doc = (typeof raw === "string" ? JSON.parse(raw) : raw) as { Plan: PlanNode }[];
-      return doc[0]!.Plan;
-    }
-
-    function nodes(plan: PlanNode): PlanNode[] {
-      return [plan, ...(plan.Plans ?? []).flatMap(nodes)];
-    }
+    const explainRun = (q: CompiledQuery) => explain(r.base, q, { analyze: true });
 
     /** The plan is a Limit over a range scan of the (session_id, seq) index that read at most `window` rows. */
     function expectWindowScan(plan: PlanNode, window: number, seqInIndexCond: boolean) {
       expect(plan["Node Type"]).toBe("Limit");
-      const all = nodes(plan);
+      const all = planNodes(plan);
       expect(all.map((n) => n["Node Type"])).not.toContain("Seq Scan");
       expect(all.map((n) => n["Node Type"])).not.toContain("Sort");
       const scan = all.find((n) => n["Node Type"] === "Index Scan");
@@ -173,7 +154,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       expect(first[0]!.sql).toMatch(/order by "seq" asc limit \$\d+$/);
       expect(first[0]!.sql).not.toMatch(/count\(/i);
       expect(first[0]!.parameters.at(-1)).toBe(51);
-      expectWindowScan(await explain(first[0]!), 51, false);
+      expectWindowScan(await explainRun(first[0]!), 51, false);
 
       // A page from the middle, both directions: the cursor is part of the index condition.
       const { nextPageToken } = await r.messages.listMessages({ sessionId: big, afterSeq: BigInt(N / 2), pageSize: 100 });
@@ -182,7 +163,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       );
       expect(middle).toHaveLength(1);
       expect(middle[0]!.sql).toMatch(/"seq" > \$\d+/);
-      expectWindowScan(await explain(middle[0]!), 101, true);
+      expectWindowScan(await explainRun(middle[0]!), 101, true);
 
       const down = await messageQueries(() =>
         r.messages.listMessages({ sessionId: big, beforeSeq: BigInt(N / 2), descending: true, pageSize: 20 }),
@@ -190,7 +171,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       expect(down).toHaveLength(1);
       expect(down[0]!.sql).toMatch(/"seq" < \$\d+/);
       expect(down[0]!.sql).toMatch(/order by "seq" desc limit \$\d+$/);
-      expectWindowScan(await explain(down[0]!), 21, true);
+      expectWindowScan(await explainRun(down[0]!), 21, true);
     });
 
     it("the Ask's history read (the last N messages) scans only the window", async () => {
@@ -200,7 +181,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       expect(rows.map((m) => m.seq)).toEqual(Array.from({ length: 50 }, (_, i) => N - i));
       const q = r.queries.filter((x) => /\bfrom "messages"/.test(x.sql));
       expect(q).toHaveLength(1);
-      expectWindowScan(await explain(q[0]!), 50, false);
+      expectWindowScan(await explainRun(q[0]!), 50, false);
     });
   });
 });

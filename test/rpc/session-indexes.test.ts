@@ -1,18 +1,9 @@
-import type { CompiledQuery } from "kysely";
-import { CompiledQuery as Compiled, sql } from "kysely";
+import { CompiledQuery, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SessionOrderBy } from "../../gen/parley/v1/session_pb.js";
 import { backends } from "../helpers/databases.js";
+import { explain, planNodes, type PlanNode } from "../helpers/plans.js";
 import { createRecordingApp, type RecordingApp } from "../helpers/recording-app.js";
-
-interface PlanNode {
-  "Node Type": string;
-  "Index Name"?: string;
-  "Relation Name"?: string;
-  Plans?: PlanNode[];
-}
-
-const nodes = (plan: PlanNode): PlanNode[] => [plan, ...(plan.Plans ?? []).flatMap(nodes)];
 
 // Every stored message moves its session's update_time, so each append writes an entry into
 // every index of `sessions`: the table keeps only the indexes its queries need, and each
@@ -43,12 +34,7 @@ describe.each(backends())("the indexes of sessions on %s", (backend) => {
     expect(rows.rows[0]!.n).toBe(9);
   });
 
-  async function plan(q: CompiledQuery): Promise<PlanNode[]> {
-    const res = await r.base.executeQuery<Record<string, unknown>>(Compiled.raw(`explain (format json) ${q.sql}`, [...q.parameters]));
-    const raw = Object.values(res.rows[0]!)[0];
-    const doc = (typeof raw === "string" ? JSON.parse(raw) : raw) as { Plan: PlanNode }[];
-    return nodes(doc[0]!.Plan);
-  }
+  const plan = async (q: CompiledQuery): Promise<PlanNode[]> => planNodes(await explain(r.base, q));
 
   /** The plan of the sessions query a ListSessions call sends. */
   async function listPlan(req: Parameters<RecordingApp["sessions"]["listSessions"]>[0]): Promise<PlanNode[]> {
@@ -83,7 +69,7 @@ describe.each(backends())("the indexes of sessions on %s", (backend) => {
   );
 
   it("finds an agent's sessions by agent_id alone (the cascade of its deletion) through an index", async () => {
-    const p = await plan(Compiled.raw(`delete from sessions where agent_id = $1`, [agentId]));
+    const p = await plan(CompiledQuery.raw(`delete from sessions where agent_id = $1`, [agentId]));
     expect(types(p)).not.toContain("Seq Scan");
     expect(indexOf(p)).toMatch(/^sessions_agent_(create|update)_idx$/);
   });
