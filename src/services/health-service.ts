@@ -99,7 +99,14 @@ export function createHealthMonitor(
       if (next.serving) log.info("database reachable again: serving");
       else log.warn({ reason: next.error }, "database unreachable: not serving");
     }
-    for (const l of listeners) l(next);
+    // A listener that throws must not stop the monitor (nor keep the others from hearing of it).
+    for (const l of listeners) {
+      try {
+        l(next);
+      } catch (err) {
+        log.error({ err }, "a health listener failed");
+      }
+    }
   }
 
   async function pingRedis(): Promise<HealthSnapshot["redis"]> {
@@ -170,10 +177,13 @@ export function createHealthMonitor(
 
   function checkNow(): Promise<HealthSnapshot> {
     if (stopped) return Promise.resolve(snapshot);
-    inFlight ??= ping().then(() => {
-      inFlight = undefined;
-      return snapshot;
-    });
+    // Settled either way: a ping that rejected must not leave every later check (and the ticks) waiting on it.
+    inFlight ??= ping()
+      .catch((err: unknown) => log.error({ err }, "a health check failed"))
+      .then(() => {
+        inFlight = undefined;
+        return snapshot;
+      });
     return inFlight;
   }
 

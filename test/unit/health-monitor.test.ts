@@ -44,6 +44,27 @@ describe("the health monitor", () => {
     }
   });
 
+  it("keeps checking when a subscriber throws, and the other subscribers still hear of each change", async () => {
+    const db = fakeDatabase();
+    const monitor = createHealthMonitor(db.handle, pino({ level: "silent" }), { intervalMs: 3_600_000 });
+    try {
+      monitor.subscribe(() => {
+        throw new Error("a broken listener");
+      });
+      const changes: boolean[] = [];
+      monitor.subscribe((s) => changes.push(s.serving));
+      expect((await monitor.ready()).serving).toBe(true);
+      db.setDown(true);
+      await monitor.checkNow();
+      expect((await monitor.checkNow()).serving).toBe(false);
+      db.setDown(false);
+      expect((await monitor.checkNow()).serving).toBe(true);
+      expect(changes).toEqual([true, false, true]);
+    } finally {
+      monitor.stop();
+    }
+  });
+
   it("with failuresToStop 1, stops serving on the first failure", async () => {
     const db = fakeDatabase();
     const monitor = createHealthMonitor(db.handle, pino({ level: "silent" }), { intervalMs: 3_600_000, failuresToStop: 1 });
