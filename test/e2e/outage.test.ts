@@ -28,10 +28,15 @@ const textOf = (events: AskEvent[]) => events.map((e) => (e.event.case === "text
 
 async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 45_000): Promise<T> {
   const end = Date.now() + timeoutMs;
+  let lastError: unknown;
   for (;;) {
-    const v = await check().catch(() => undefined);
+    const v = await check().catch((err: unknown) => {
+      lastError = err;
+      return undefined;
+    });
     if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    // What the check last threw, if anything, tells a stuck state from a failing call.
+    if (Date.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms (last error: ${String(lastError ?? "none")})`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
