@@ -36,8 +36,12 @@ export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHa
       connectionTimeoutMillis: 5_000,
       idleTimeoutMillis: 30_000,
     });
-    // A broken idle connection must not crash the process; the pool replaces it.
+    // A broken connection must not crash the process. The pool's "error" covers idle clients;
+    // a checked-out client (a query on the wire, a transaction between statements) emits
+    // "error" on itself, with no listener of the pool's: the request it serves fails with the
+    // error instead, and the pool drops the client when it comes back.
     pool.on("error", () => {});
+    pool.on("connect", (client) => client.on("error", () => {}));
     if (options.preparedStatements ?? true) usePreparedStatements(pool);
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     return handle(db, "postgres", createPgListen(url, undefined));

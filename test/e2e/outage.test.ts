@@ -26,7 +26,12 @@ const FULL = TOKENS.join("");
 
 const textOf = (events: AskEvent[]) => events.map((e) => (e.event.case === "textDelta" ? e.event.value.text : "")).join("");
 
-async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 45_000): Promise<T> {
+async function eventually<T>(
+  what: string,
+  check: () => Promise<T | undefined>,
+  timeoutMs = 45_000,
+  context: () => string = () => "",
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -36,7 +41,9 @@ async function eventually<T>(what: string, check: () => Promise<T | undefined>, 
     });
     if (v !== undefined) return v;
     // What the check last threw, if anything, tells a stuck state from a failing call.
-    if (Date.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms (last error: ${String(lastError ?? "none")})`);
+    if (Date.now() > end) {
+      throw new Error(`${what}: not within ${timeoutMs} ms (last error: ${String(lastError ?? "none")})${context()}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -71,6 +78,12 @@ describe.runIf(enabled)("outages: Redis and Postgres going away under two replic
     r.kill("SIGKILL");
     await exited;
   }
+
+  /** Each replica's exit status and the end of its stderr, for a step that timed out. */
+  const replicaState = () =>
+    replicas
+      .map((r, i) => `\nreplica ${i}: exit ${r.p.child.exitCode ?? r.p.child.signalCode ?? "none (running)"}; stderr: ${r.p.stderr().slice(-2_000)}`)
+      .join("");
 
   async function readyz(url: string): Promise<{ http: number; body: { status: string; redis?: { reachable: boolean } } }> {
     const res = await fetch(`${url}/readyz`);
@@ -203,6 +216,8 @@ describe.runIf(enabled)("outages: Redis and Postgres going away under two replic
     for (const [i, r] of replicas.entries()) {
       await eventually("NOT_SERVING", async () =>
         (await health[i]!.check({ service: "" })).status === ServingStatus.NOT_SERVING ? true : undefined,
+        45_000,
+        replicaState,
       );
       expect((await readyz(r.url)).http).toBe(503);
       const err = await errorOf(r.client.agents.getAgent({ agentId }));
@@ -213,11 +228,14 @@ describe.runIf(enabled)("outages: Redis and Postgres going away under two replic
     for (const [i, r] of replicas.entries()) {
       await eventually("SERVING again", async () =>
         (await health[i]!.check({ service: "" })).status === ServingStatus.SERVING ? true : undefined,
+        45_000,
+        replicaState,
       );
       await eventually("RPCs work again", async () => ((await r.client.agents.getAgent({ agentId })).agent ? true : undefined));
       const events = await askToEnd(r.client, await newSession(r.client));
       expect(textOf(events)).toBe(FULL);
       expect(r.p.child.exitCode).toBeNull();
+      expect(r.p.stderr()).not.toMatch(/unhandled|uncaught/i);
     }
     // A bound for a loaded machine (2 cores shared by the suite), not a speed assertion.
   }, 120_000);
