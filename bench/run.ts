@@ -290,6 +290,7 @@ function askOp(client: NodeParleyClient, sessionId: string): Operation {
     let chars = 0;
     for await (const ev of client.ask({ sessionId, content: CONTENT })) {
       const c = ev.event.case;
+      if (c === "started") rec.mark("started", performance.now() - t0);
       if (c === "textDelta") {
         if (first < 0) first = performance.now() - t0;
         chars += ev.event.value.text.length;

@@ -434,8 +434,11 @@ export async function claimFreeSession(
            -- The history as of the statement's snapshot (which never holds the rows m inserts): one range scan.
            (select coalesce(json_agg(json_build_object('id', h.id, 'seq', h.seq, 'role', h.role, 'content', h.content, 'status', h.status)
                                      order by h.seq desc), '[]'::json)
+            -- The seq range bounds what any plan reads (a generic plan may scan by bitmap and sort):
+            -- at most twice the window, which holds it unless deletions thinned the range.
             from (select id, seq, role, content, status from messages
                   where session_id = s.id and tenant_id = s.tenant_id and seq <= s.last_seq - ${n}
+                    and seq > s.last_seq - ${n} - ${2 * args.historyLimit}
                   order by seq desc limit ${args.historyLimit}) h) as history,
            s.last_seq - ${n} as previous_seq
     from s cross join a left join m u on u.role = 'user'${prepared}`.execute(db);
@@ -444,8 +447,11 @@ export async function claimFreeSession(
   const { ask_create_time, s_user_id, s_agent_id, s_state, user_state, app_state, history, previous_seq, ...user } = row as typeof row & {
     previous_seq: number;
   };
-  // Complete when its newest message is the one right before this Ask's (or the session had none).
-  const complete = args.historyLimit === 0 || (history[0]?.seq ?? 0) === previous_seq;
+  // Complete when its newest message is the one right before this Ask's (or the session had none),
+  // and it is the whole window or the range reached the session's first seq.
+  const complete =
+    args.historyLimit === 0 ||
+    ((history[0]?.seq ?? 0) === previous_seq && (history.length === args.historyLimit || previous_seq <= 2 * args.historyLimit));
   return {
     askCreateTime: ask_create_time,
     history: complete ? history.map(({ id, role, content, status }) => ({ id, role, content, status })) : undefined,

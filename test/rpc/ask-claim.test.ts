@@ -1,4 +1,4 @@
-import { sql } from "kysely";
+import { sql, type CompiledQuery } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentService } from "../../gen/parley/v1/agent_pb.js";
 import { MessageRole } from "../../gen/parley/v1/common_pb.js";
@@ -9,6 +9,7 @@ import { claimFreeSession } from "../../src/repos/asks.js";
 import { appendMessages } from "../../src/repos/messages.js";
 import { createTestApp, type TestApp } from "../helpers/app.js";
 import { backends } from "../helpers/databases.js";
+import { explain, planNodes } from "../helpers/plans.js";
 
 /** The one-statement claim of a free session (src/repos/asks.ts claimFreeSession) and the history it returns. */
 describe.each(backends())("claiming a free session on %s", (backend) => {
@@ -34,10 +35,10 @@ describe.each(backends())("claiming a free session on %s", (backend) => {
     return sessionId;
   }
 
-  function claim(sessionId: string, historyLimit: number) {
+  function claim(sessionId: string, historyLimit: number, db = t.app.db) {
     const askId = newId();
     const [u, a] = [newId(), newId()];
-    return claimFreeSession(t.app.db, {
+    return claimFreeSession(db, {
       ask: {
         id: askId,
         tenant_id: t.tenantId,
@@ -94,6 +95,8 @@ describe.each(backends())("claiming a free session on %s", (backend) => {
         claiming = claim(sessionId, 10);
         // Wait until the claim's statement is blocked on the row lock this transaction holds.
         for (let i = 0; i < 500; i++) {
+          // pg_stat_activity is read once per transaction unless its snapshot is cleared.
+          await sql`select pg_stat_clear_snapshot()`.execute(tx);
           const { rows } = await sql<{ n: number }>`
             select count(*)::int as n from pg_stat_activity
             where wait_event_type = 'Lock' and query like '%update sessions%' and datname = current_database()`.execute(tx);
@@ -108,4 +111,59 @@ describe.each(backends())("claiming a free session on %s", (backend) => {
       expect(c?.user?.seq).toBe(3);
     },
   );
+
+  it("reads at most twice the window of a long session's messages, whatever plan Postgres picks", async () => {
+    // A prepared statement's generic plan may fetch the session's messages with a bitmap scan
+    // and sort them all (seen in the bench: 1,164 rows sorted for a window of 49); disabling
+    // index scans forces that plan here. The window's range bounds what any plan reads.
+    const sessionId = await sessionWith([]);
+    await appendMessages(
+      t.app.db,
+      t.tenantId,
+      sessionId,
+      Array.from({ length: 400 }, (_, i) => ({ role: "user" as const, content: `m${i + 1}` })),
+    );
+    let statement: CompiledQuery | undefined;
+    const capture = t.app.db.withPlugin({
+      transformQuery(args) {
+        statement = t.app.db.getExecutor().compileQuery(args.node, args.queryId);
+        throw new Error("captured");
+      },
+      transformResult: async (args) => args.result,
+    });
+    await expect(claim(sessionId, 10, capture)).rejects.toThrow("captured");
+    const plan = await t.app.db.connection().execute(async (c) => {
+      await sql`begin`.execute(c);
+      try {
+        await sql`set local enable_indexscan = off`.execute(c);
+        await sql`set local enable_indexonlyscan = off`.execute(c);
+        return await explain(c, statement!, { analyze: true });
+      } finally {
+        await sql`rollback`.execute(c);
+      }
+    });
+    const reads = planNodes(plan).filter(
+      (n) => n["Node Type"] !== "ModifyTable" && (n["Relation Name"] === "messages" || n["Index Name"]?.startsWith("messages_")),
+    );
+    expect(reads.length).toBeGreaterThan(0);
+    for (const n of reads) expect(n["Actual Rows"], JSON.stringify(n)).toBeLessThanOrEqual(20);
+    // And the window itself is right.
+    const c = await claim(sessionId, 10);
+    expect(c?.history?.map((m) => m.content)).toEqual(Array.from({ length: 10 }, (_, i) => `m${400 - i}`));
+  });
+
+  it("returns no history when deletions left fewer than the window in its range (the run reads it)", async () => {
+    const sessionId = await sessionWith([]);
+    await appendMessages(
+      t.app.db,
+      t.tenantId,
+      sessionId,
+      Array.from({ length: 60 }, (_, i) => ({ role: "user" as const, content: `m${i + 1}` })),
+    );
+    // 15 of the last 20 gone: the range holds 5 of the window's 10; the run reads the window itself.
+    await t.app.db.deleteFrom("messages").where("session_id", "=", sessionId).where("seq", ">", 40).where("seq", "<", 56).execute();
+    const c = await claim(sessionId, 10);
+    expect(c).toBeDefined();
+    expect(c?.history).toBeUndefined();
+  });
 });
