@@ -1,6 +1,7 @@
 import type { Kysely } from "kysely";
 import type { Database } from "../db/schema.js";
 import type { Logger } from "../log.js";
+import { inBackground } from "../db/priority.js";
 import { flushPartialAnswers, renewLeases, type PartialAnswer } from "../repos/ask-heartbeat.js";
 
 /** Why a tick stops an Ask: a cancel request stored by another replica, or the loss of its claim on the session. */
@@ -109,7 +110,7 @@ export function createAskHeartbeat(options: AskHeartbeatOptions): AskHeartbeat {
     const batch = [...members];
     try {
       for (const chunk of chunks(batch, renewBatch)) {
-        const held = await renewLeases(db, replicaId, leaseMs, chunk.map((m) => m.init));
+        const held = await inBackground(() => renewLeases(db, replicaId, leaseMs, chunk.map((m) => m.init)));
         for (const m of chunk) {
           // An Ask that left meanwhile has stored (or is storing) its outcome and released its claim.
           if (m.left) continue;
@@ -133,7 +134,7 @@ export function createAskHeartbeat(options: AskHeartbeatOptions): AskHeartbeat {
     }
     try {
       for (const chunk of chunks(dirty, flushBatch, flushBatchChars, (d) => d.answer.content.length)) {
-        await flushPartialAnswers(db, chunk.map((d) => d.answer));
+        await inBackground(() => flushPartialAnswers(db, chunk.map((d) => d.answer)));
         for (const d of chunk) d.m.flushed = d.answer.content.length;
       }
     } catch (err) {

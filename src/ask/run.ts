@@ -6,6 +6,7 @@ import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
 import type { EventLog } from "../bus/event-log.js";
 import type { Database, ReferencesJson, UsageJson } from "../db/schema.js";
 import type { Logger } from "../log.js";
+import { inBackground } from "../db/priority.js";
 import { finishAsk, type AskOutcome, type AskTarget } from "../repos/asks.js";
 import { lastMessages } from "../repos/messages.js";
 import { messageToProto, referencesToProto, usageToProto } from "../services/converters.js";
@@ -334,19 +335,21 @@ export async function startRun(deps: RunDeps, input: RunSpec): Promise<AskRun> {
       await events.end(askId);
     }
     if (outcome.status === "completed") {
-      await extractAfterAsk({
-        db,
-        searcher: deps.memories,
-        log,
-        settings: spec.agent.memory,
-        model: spec.model.model,
-        tenantId,
-        userId: spec.userId,
-        sessionId: spec.sessionId,
-        askId,
-        question: spec.userContent,
-        answer: content,
-      });
+      await inBackground(() =>
+        extractAfterAsk({
+          db,
+          searcher: deps.memories,
+          log,
+          settings: spec.agent.memory,
+          model: spec.model.model,
+          tenantId,
+          userId: spec.userId,
+          sessionId: spec.sessionId,
+          askId,
+          question: spec.userContent,
+          answer: content,
+        }),
+      );
     }
   }
 
@@ -403,14 +406,17 @@ export async function startRun(deps: RunDeps, input: RunSpec): Promise<AskRun> {
   async function finishWithRetry(content: string, outcome: AskOutcome) {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await finishAsk(db, {
-          tenantId,
-          sessionId: spec.sessionId,
-          askId,
-          assistantMessageId: spec.assistantMessageId,
-          content,
-          outcome,
-        });
+        // Background priority: under load the claims that start other Asks (their first token) go first.
+        return await inBackground(() =>
+          finishAsk(db, {
+            tenantId,
+            sessionId: spec.sessionId,
+            askId,
+            assistantMessageId: spec.assistantMessageId,
+            content,
+            outcome,
+          }),
+        );
       } catch (err) {
         if (attempt >= 3) {
           log.error({ err, askId }, "could not store the outcome of an Ask; its lease will expire and mark it interrupted");

@@ -1,3 +1,4 @@
+import { inBackground } from "../db/priority.js";
 import type { Kysely } from "kysely";
 import type { AskEvent } from "../../gen/parley/v1/session_pb.js";
 import { EventLogSequenceError, type EventLog } from "../bus/event-log.js";
@@ -94,7 +95,7 @@ export function startSweeper(deps: SweeperDeps): Sweeper {
   }
 
   function sweepNow(): Promise<number> {
-    running ??= sweep()
+    running ??= inBackground(sweep)
       .catch((err: unknown) => {
         // The database may be down: the next tick tries again.
         log.debug({ err }, "sweeping expired Ask leases failed");

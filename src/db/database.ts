@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { Kysely, PGliteDialect, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import { usePreparedStatements } from "./prepared.js";
+import { prioritizedPool } from "./priority.js";
 import { createPgListen, type ListenFn, type Unlisten } from "./notifications.js";
 import type { Database } from "./schema.js";
 
@@ -30,9 +31,10 @@ export interface DatabaseHandle {
 export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHandle> {
   const url = options.url;
   if (url && /^postgres(ql)?:\/\//.test(url)) {
+    const size = options.poolSize ?? 10;
     const pool = new pg.Pool({
       connectionString: url,
-      max: options.poolSize ?? 10,
+      max: size,
       connectionTimeoutMillis: 5_000,
       idleTimeoutMillis: 30_000,
     });
@@ -43,7 +45,8 @@ export async function openDatabase(options: DatabaseOptions): Promise<DatabaseHa
     pool.on("error", () => {});
     pool.on("connect", (client) => client.on("error", () => {}));
     if (options.preparedStatements ?? true) usePreparedStatements(pool);
-    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    // Requests take the pool's free connections before background work (see priority.ts).
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: prioritizedPool(pool, size) }) });
     return handle(db, "postgres", createPgListen(url, undefined));
   }
   const { PGlite } = await import("@electric-sql/pglite");

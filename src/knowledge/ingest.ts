@@ -1,3 +1,4 @@
+import { inBackground } from "../db/priority.js";
 import type { Kysely } from "kysely";
 import type { Database, DocumentRow, JsonObject, KnowledgeBaseRow } from "../db/schema.js";
 import { newId } from "../ids.js";
@@ -123,7 +124,8 @@ export function createIngestor(deps: IngestorDeps): Ingestor {
       reportProgress(db, doc.tenantId, id, progress).catch((err: unknown) => log.warn({ err, documentId: id }, "reporting progress failed"));
     }, HEARTBEAT_MS);
     heartbeat.unref();
-    const task = (async () => {
+    // Background priority: requests take the pool's connections first (see db/priority.ts).
+    const task = inBackground(async () => {
       try {
         const chunks = await prepare(doc, stop.signal, (p) => {
           progress = p;
@@ -153,7 +155,7 @@ export function createIngestor(deps: IngestorDeps): Ingestor {
       } finally {
         clearInterval(heartbeat);
       }
-    })();
+    });
     running.add(task);
     void task.finally(() => running.delete(task));
     return row;
