@@ -26,6 +26,7 @@ export interface PrioritizedPool {
 interface Waiter {
   readonly since: number;
   readonly grant: () => void;
+  readonly fail: (err: Error) => void;
 }
 
 /**
@@ -38,6 +39,7 @@ interface Waiter {
  */
 export function prioritizedPool(pool: pg.Pool, size: number, maxBackgroundWaitMs = 100): PrioritizedPool {
   let active = 0;
+  let ended = false;
   const foreground: Waiter[] = [];
   const backgrounds: Waiter[] = [];
 
@@ -54,12 +56,13 @@ export function prioritizedPool(pool: pg.Pool, size: number, maxBackgroundWaitMs
     else active--;
   };
   const acquire = (): Promise<void> => {
-    if (active < size) {
+    // pg-pool's own connect() then says the pool has ended.
+    if (active < size || ended) {
       active++;
       return Promise.resolve();
     }
-    return new Promise<void>((grant) => {
-      (background.getStore() ? backgrounds : foreground).push({ since: performance.now(), grant });
+    return new Promise<void>((grant, fail) => {
+      (background.getStore() ? backgrounds : foreground).push({ since: performance.now(), grant, fail });
     });
   };
 
@@ -87,7 +90,13 @@ export function prioritizedPool(pool: pg.Pool, size: number, maxBackgroundWaitMs
       };
       return client;
     },
-    end: () => pool.end(),
+    async end() {
+      // Nobody waits for a connection that will never come.
+      ended = true;
+      const err = new Error("the database pool has ended");
+      for (const w of [...foreground.splice(0), ...backgrounds.splice(0)]) w.fail(err);
+      await pool.end();
+    },
     waiting: () => ({ foreground: foreground.length, background: backgrounds.length }),
   };
 }

@@ -69,6 +69,21 @@ describe.runIf(backends().includes("postgres"))("the pool serves requests before
     }
   });
 
+  it("ending the pool fails the checkouts still waiting, and later ones", async () => {
+    const pool = new pg.Pool({ connectionString: database.url, max: 1 });
+    const p = prioritizedPool(pool, 1);
+    const held = await p.connect();
+    const waiting = [p.connect(), inBackground(() => p.connect())];
+    held.release();
+    // The freed connection went to the request; the background checkout still waits.
+    const request = await waiting[0]!;
+    const ending = p.end();
+    await expect(waiting[1]).rejects.toThrow("the database pool has ended");
+    request.release();
+    await ending;
+    await expect(p.connect()).rejects.toThrow();
+  });
+
   describe("through Kysely (openDatabase)", () => {
     let handle: DatabaseHandle;
     beforeAll(async () => {
