@@ -374,7 +374,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     "## Scenario 2: Ask with a zero-latency model emitting 200 tokens",
     "",
-    "TTFT is client-observed time to the first TextDelta; the model's own time to first token is 0 (all its tokens are ready when it is called), so TTFT is Parley's overhead. Units are delivered deltas.",
+    "TTFT is client-observed time to the first TextDelta; the model's own time to first token is 0 (all its tokens are ready when it is called), so TTFT is Parley's overhead. Units are delivered deltas. Runs on the database scenario 1 wrote to, after VACUUM ANALYZE of messages and sessions and a CHECKPOINT (as in scenario 3), so that the Asks do not share the machine with the write-out of scenario 1's rows.",
     "",
     runTable(r, by("parley.ask."), (x) => askEcho(r, x.concurrency), "deltas/s"),
     "",
