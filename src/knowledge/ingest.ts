@@ -121,7 +121,9 @@ export function createIngestor(deps: IngestorDeps): Ingestor {
     const row = await insertDocument(db, { ...base(doc, id), status: "processing", ingest_owner: deps.replicaId });
     let progress = 0;
     const heartbeat = setInterval(() => {
-      reportProgress(db, doc.tenantId, id, progress).catch((err: unknown) => log.warn({ err, documentId: id }, "reporting progress failed"));
+      inBackground(() => reportProgress(db, doc.tenantId, id, progress)).catch((err: unknown) =>
+        log.warn({ err, documentId: id }, "reporting progress failed"),
+      );
     }, HEARTBEAT_MS);
     heartbeat.unref();
     // Background priority: requests take the pool's connections first (see db/priority.ts).
