@@ -78,15 +78,12 @@ export function prioritizedPool(pool: pg.Pool, size: number, maxBackgroundWaitMs
         free();
         throw err;
       }
-      // pg-pool gives each checkout its own release function; this one also frees the slot.
+      // pg-pool gives each checkout its own release function, which throws when called twice
+      // (before the slot could be freed twice); this one also frees the slot.
       const release = client.release;
-      let released = false;
       client.release = (err?: Error | boolean) => {
         release.call(client, err);
-        if (!released) {
-          released = true;
-          free();
-        }
+        free();
       };
       return client;
     },

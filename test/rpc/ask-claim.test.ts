@@ -35,6 +35,18 @@ describe.each(backends())("claiming a free session on %s", (backend) => {
     return sessionId;
   }
 
+  /** A session of n user messages m1…mn, stored in one statement (more than an AppendMessages call may carry). */
+  async function longSession(n: number): Promise<string> {
+    const sessionId = await sessionWith([]);
+    await appendMessages(
+      t.app.db,
+      t.tenantId,
+      sessionId,
+      Array.from({ length: n }, (_, i) => ({ role: "user" as const, content: `m${i + 1}` })),
+    );
+    return sessionId;
+  }
+
   function claim(sessionId: string, historyLimit: number, db = t.app.db) {
     const askId = newId();
     const [u, a] = [newId(), newId()];
@@ -116,13 +128,7 @@ describe.each(backends())("claiming a free session on %s", (backend) => {
     // A prepared statement's generic plan may fetch the session's messages with a bitmap scan
     // and sort them all (seen in the bench: 1,164 rows sorted for a window of 49); disabling
     // index scans forces that plan here. The window's range bounds what any plan reads.
-    const sessionId = await sessionWith([]);
-    await appendMessages(
-      t.app.db,
-      t.tenantId,
-      sessionId,
-      Array.from({ length: 400 }, (_, i) => ({ role: "user" as const, content: `m${i + 1}` })),
-    );
+    const sessionId = await longSession(400);
     let statement: CompiledQuery | undefined;
     const capture = t.app.db.withPlugin({
       transformQuery(args) {
@@ -153,13 +159,7 @@ describe.each(backends())("claiming a free session on %s", (backend) => {
   });
 
   it("returns no history when deletions left fewer than the window in its range (the run reads it)", async () => {
-    const sessionId = await sessionWith([]);
-    await appendMessages(
-      t.app.db,
-      t.tenantId,
-      sessionId,
-      Array.from({ length: 60 }, (_, i) => ({ role: "user" as const, content: `m${i + 1}` })),
-    );
+    const sessionId = await longSession(60);
     // 15 of the last 20 gone: the range holds 5 of the window's 10; the run reads the window itself.
     await t.app.db.deleteFrom("messages").where("session_id", "=", sessionId).where("seq", ">", 40).where("seq", "<", 56).execute();
     const c = await claim(sessionId, 10);

@@ -17,9 +17,14 @@ describe.runIf(backends().includes("postgres"))("the pool serves requests before
     await database?.drop();
   });
 
-  it("hands a freed connection to a waiting request before background work that waited longer", async () => {
+  /** A prioritized pool of one connection over a pg pool of one; end() closes both. */
+  function onePool(maxBackgroundWaitMs?: number) {
     const pool = new pg.Pool({ connectionString: database.url, max: 1 });
-    const p = prioritizedPool(pool, 1, 10_000);
+    return prioritizedPool(pool, 1, maxBackgroundWaitMs);
+  }
+
+  it("hands a freed connection to a waiting request before background work that waited longer", async () => {
+    const p = onePool(10_000);
     try {
       const order: string[] = [];
       const held = await p.connect();
@@ -35,13 +40,12 @@ describe.runIf(backends().includes("postgres"))("the pool serves requests before
       expect(order).toEqual(["request", "background"]);
       expect(p.waiting()).toEqual({ foreground: 0, background: 0 });
     } finally {
-      await pool.end();
+      await p.end();
     }
   });
 
   it("lets background work go first once it has waited the longest wait it is allowed", async () => {
-    const pool = new pg.Pool({ connectionString: database.url, max: 1 });
-    const p = prioritizedPool(pool, 1, 30);
+    const p = onePool(30);
     try {
       const order: string[] = [];
       const held = await p.connect();
@@ -53,7 +57,23 @@ describe.runIf(backends().includes("postgres"))("the pool serves requests before
       (await fg).release();
       expect(order).toEqual(["background", "request"]);
     } finally {
-      await pool.end();
+      await p.end();
+    }
+  });
+
+  it("a second release of one checkout throws and does not free a second slot", async () => {
+    const p = onePool();
+    try {
+      const c = await p.connect();
+      c.release();
+      expect(() => c.release()).toThrow("already been released");
+      const again = await p.connect();
+      const waiting = p.connect();
+      expect(p.waiting()).toEqual({ foreground: 1, background: 0 });
+      again.release();
+      (await waiting).release();
+    } finally {
+      await p.end();
     }
   });
 
@@ -70,8 +90,7 @@ describe.runIf(backends().includes("postgres"))("the pool serves requests before
   });
 
   it("ending the pool fails the checkouts still waiting, and later ones", async () => {
-    const pool = new pg.Pool({ connectionString: database.url, max: 1 });
-    const p = prioritizedPool(pool, 1);
+    const p = onePool();
     const held = await p.connect();
     const waiting = [p.connect(), inBackground(() => p.connect())];
     held.release();
