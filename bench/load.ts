@@ -3,6 +3,7 @@
 // dropped, then for a duration or an operation count; latencies go to HDR histograms.
 import { SingleBar, Presets } from "cli-progress";
 import * as hdr from "hdr-histogram-js";
+import { cpuPerOp, type CpuCounters } from "./cpu.js";
 
 /** Percentiles of one histogram, in milliseconds. */
 export interface Latency {
@@ -30,6 +31,8 @@ export interface LoadResult {
   readonly latency: Latency;
   /** Extra per-operation measurements (e.g. time to first token), by name. */
   readonly marks: Readonly<Record<string, Latency>>;
+  /** CPU milliseconds per operation in the measured phase, by process (when counters were given). */
+  readonly cpuMs?: { readonly client: number; readonly server: number; readonly postgres?: number };
 }
 
 /** Lets an operation record extra measurements (milliseconds). */
@@ -50,6 +53,8 @@ export interface LoadOptions {
   readonly warmupMs: number;
   /** Show a progress bar on stderr (only drawn on a TTY). */
   readonly progress?: boolean;
+  /** Read at the start and the end of the measured phase, for cpuMs. */
+  readonly counters?: () => Promise<CpuCounters>;
 }
 
 function histogram(): hdr.Histogram {
@@ -85,9 +90,13 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
   // ones in flight when it began count without having started in it, so the throughput
   // is unbiased for operations of any length.
   let stopAt: number | undefined;
+  let countersTo: Promise<CpuCounters> | undefined;
   const end = () => {
     stop = true;
-    stopAt ??= performance.now();
+    if (stopAt === undefined) {
+      stopAt = performance.now();
+      countersTo = options.counters?.();
+    }
   };
   let ops = 0;
   let units = 0;
@@ -149,6 +158,7 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
     }
   }, 200);
   await new Promise((r) => setTimeout(r, options.warmupMs));
+  const countersFrom = await options.counters?.();
   measuring = true;
   const start = performance.now();
   let timer: NodeJS.Timeout | undefined;
@@ -159,6 +169,7 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
   clearInterval(ticker);
   bar?.update(100, { phase: "done", ops });
   bar?.stop();
+  const to = await countersTo;
   return {
     name: options.name,
     concurrency: options.concurrency,
@@ -170,5 +181,6 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
     unitsPerSecond: units / seconds,
     latency: summary(latency),
     marks: Object.fromEntries([...marks].map(([k, h]) => [k, summary(h)])),
+    ...(countersFrom && to ? { cpuMs: cpuPerOp(countersFrom, to, ops) } : {}),
   };
 }

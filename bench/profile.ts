@@ -1,6 +1,9 @@
 // Summarizes a V8 CPU profile written by `npm run bench -- --cpu-prof <dir>`: self time by
 // function and by package (Parley's own src/ files apart), to find Parley's own overhead.
 // Usage: tsx bench/profile.ts <file.cpuprofile> [top]
+// Also prints inclusive ("total") time of Parley's own functions: the time spent in them and in
+// everything they called, as far as the synchronous stack shows it (work resumed after an await
+// is counted under the microtask queue, not under the function that awaited).
 import { readFileSync } from "node:fs";
 
 interface Node {
@@ -51,3 +54,22 @@ console.log("\nself time by package / file:");
 for (const [k, us] of [...pkgs].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`${pct(us)}  ${k}`);
 console.log("\nself time by function:");
 for (const [k, us] of [...fns].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`${pct(us)}  ${k}`);
+
+// Inclusive time of src/ functions: each sample counts once for every distinct src/ frame on its stack.
+const parent = new Map<number, number>();
+for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+const inclusive = new Map<string, number>();
+for (const [id, us] of self) {
+  const seen = new Set<string>();
+  for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+    const n = byId.get(cur)!;
+    const w = where(n.callFrame.url);
+    if (!w.startsWith("src/")) continue;
+    const key = `${n.callFrame.functionName || "(anonymous)"} ${w}:${n.callFrame.lineNumber + 1}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    inclusive.set(key, (inclusive.get(key) ?? 0) + us);
+  }
+}
+console.log("\ninclusive time of Parley's functions (src/):");
+for (const [k, us] of [...inclusive].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`${pct(us)}  ${k}`);

@@ -296,6 +296,14 @@ function askEcho(r: BenchResults, c: number): RunRecord | undefined {
   return r.runs[`echo.unary.ask.c${c}`] ?? r.runs[`echo.unary.c${c}`];
 }
 
+/** CPU per operation by process, "0.31 + 0.33 + 0.00 = 0.64". */
+function cpuCell(x: RunRecord): string {
+  const c = x.cpuMs;
+  if (!c) return "–";
+  const parts = [c.client, c.server, ...(c.postgres !== undefined ? [c.postgres] : [])];
+  return `${parts.map((v) => v.toFixed(2)).join(" + ")} = ${parts.reduce((a, b) => a + b, 0).toFixed(2)}`;
+}
+
 function runTable(
   r: BenchResults,
   ids: string[],
@@ -317,11 +325,12 @@ function runTable(
         fmt(x.latency.p99),
         ...(x.marks.ttft ? [`${fmt(x.marks.ttft.p50)} / ${fmt(x.marks.ttft.p99)}`] : ["–"]),
         b ? (invert ? `\`${b.name}\` is ${fmt(b.throughput / x.throughput)}×` : `${fmt(x.throughput / b.throughput)}× \`${b.name}\``) : "–",
+        cpuCell(x),
         x.errors,
       ];
     });
   return table(
-    ["run", "c", "ops/s", ...(units ? [units] : []), "p50 ms", "p99 ms", "TTFT p50 / p99 ms", "ratio (ops/s)", "errors"],
+    ["run", "c", "ops/s", ...(units ? [units] : []), "p50 ms", "p99 ms", "TTFT p50 / p99 ms", "ratio (ops/s)", "CPU ms/op: client + server + Postgres", "errors"],
     rows,
   );
 }
@@ -349,6 +358,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     `- Pool size: ${m.poolSize} connections for Parley's server, the raw pg baseline and LangGraph (pg.Pool default); ADK uses MikroORM's default pool.`,
     `- Client and server on this one machine: the load generator and the peers (in-process) run in one Node process, the Parley server (Postgres, then PGlite) in another, over gRPC (HTTP/2 cleartext) through \`createParleyClient\`. The server runs as compiled by tsc (\`tsconfig.bench.json\`: src, gen and bench/server.ts into \`dist/bench-server\`), the JavaScript \`npm start\` runs, not through tsx's loader.`,
     `- Phases: warm-up ${m.profile.warmupMs} ms then ${m.profile.durationMs} ms measured per run (closed loop: each of c workers starts its next call when the previous one ends).`,
+    "- CPU ms/op: the CPU time the bench client process (the load generator, and the peers, which run in it), the server process and every `postgres` process on the machine (from /proc) used during a run's measured phase, divided by its operations. Kernel work not charged to a process (loopback TCP delivery in softirq) is not in it. It moves much less with the shared machine's load than throughput does: it says what an operation costs, where a ratio of throughputs says what the machine happened to give.",
     ...m.notes.map((n) => `- ${n}`),
     "",
     "## Goals",

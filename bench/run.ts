@@ -14,6 +14,7 @@ import pg from "pg";
 import { v7 as uuidv7 } from "uuid";
 import { createParleyClient, MessageRole, type NodeParleyClient } from "../src/client/node.js";
 import { EchoService } from "./echo.js";
+import { postgresCpuMicros, type CpuCounters } from "./cpu.js";
 import { runLoad, type LoadResult, type Operation } from "./load.js";
 import { FAST_MODEL, FAST_TOKEN_TEXT, FAST_TOKENS, SLOW_MODEL } from "./models.js";
 import { ANSWER_INFO, ANSWER_TEXTS, chatMessage, createAdkPeer, createLangGraphPeer, USER_TEXTS } from "./peers.js";
@@ -134,6 +135,7 @@ async function load(
       durationMs: o.durationMs ?? profile.durationMs,
       warmupMs: profile.warmupMs,
       progress: opts.progress,
+      counters: cpuCounters,
       ...((o.ops ?? profile.ops) !== undefined ? { ops: o.ops ?? profile.ops } : {}),
     },
     make,
@@ -186,10 +188,20 @@ interface BenchServer {
   readonly kind: string;
   readonly client: NodeParleyClient;
   memory(): Promise<Extract<ServerMessage, { type: "memory" }>>;
+  /** CPU microseconds the server process has used (no GC forced, unlike memory()). */
+  cpu(): Promise<number>;
   stop(): Promise<void>;
 }
 
 let builtServer: string | undefined;
+/** The bench server that is up (one at a time), whose CPU the runs count. */
+let current: BenchServer | undefined;
+
+async function cpuCounters(): Promise<CpuCounters> {
+  const own = process.cpuUsage();
+  const server = current ? await current.cpu() : 0;
+  return { client: own.user + own.system, server, postgres: postgresCpuMicros() };
+}
 
 /**
  * The bench server compiled by tsc (tsconfig.bench.json: src, gen and bench/server.ts into
@@ -227,24 +239,27 @@ async function startBenchServer(databaseUrl: string, cpuProfDir?: string): Promi
     void exited.then((code) => reject(new Error(`bench server exited with ${code} before it was ready`)));
   });
   const client = createParleyClient({ baseUrl: ready.url, apiKey: ready.apiKey, transport: "grpc" });
-  return {
+  function ask<T extends "memory" | "cpu">(type: T): Promise<Extract<ServerMessage, { type: T }>> {
+    return new Promise((resolve) => {
+      const on = (m: ServerMessage) => {
+        if (m.type !== type) return;
+        child.off("message", on);
+        resolve(m as Extract<ServerMessage, { type: T }>);
+      };
+      child.on("message", on);
+      child.send({ type } satisfies ParentMessage);
+    });
+  }
+  const server: BenchServer = {
     url: ready.url,
     apiKey: ready.apiKey,
     poolSize: ready.poolSize,
     kind: ready.databaseKind,
     client,
-    memory() {
-      return new Promise((resolve) => {
-        const on = (m: ServerMessage) => {
-          if (m.type !== "memory") return;
-          child.off("message", on);
-          resolve(m);
-        };
-        child.on("message", on);
-        child.send({ type: "memory" } satisfies ParentMessage);
-      });
-    },
+    memory: () => ask("memory"),
+    cpu: async () => (await ask("cpu")).cpuMicros,
     async stop() {
+      if (current === server) current = undefined;
       client.close();
       child.send({ type: "stop" } satisfies ParentMessage);
       const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
@@ -252,6 +267,8 @@ async function startBenchServer(databaseUrl: string, cpuProfDir?: string): Promi
       clearTimeout(timer);
     },
   };
+  current = server;
+  return server;
 }
 
 // ---------------------------------------------------------------- Parley helpers

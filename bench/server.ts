@@ -1,7 +1,8 @@
 // The server process of the bench: Parley (with the bench models) plus the bare echo service,
 // on the same one-port server (src/server.ts). Forked by bench/run.ts with an IPC channel:
 // it reports {type:"ready"} with its URL and admin key, answers {type:"memory"} (after a
-// forced GC when run with --expose-gc; with the CPU time it has used) and exits on {type:"stop"}.
+// forced GC when run with --expose-gc; with the CPU time it has used) and {type:"cpu"} (the CPU
+// time alone, no GC) and exits on {type:"stop"}.
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,10 +16,11 @@ import { createBenchModels } from "./models.js";
 /** What the server reports to its parent. */
 export type ServerMessage =
   | { type: "ready"; url: string; apiKey: string; databaseKind: string; poolSize: number }
-  | { type: "memory"; rss: number; heapUsed: number; external: number; arrayBuffers: number; cpuMicros: number };
+  | { type: "memory"; rss: number; heapUsed: number; external: number; arrayBuffers: number; cpuMicros: number }
+  | { type: "cpu"; cpuMicros: number };
 
 /** What the parent sends. */
-export type ParentMessage = { type: "memory" } | { type: "stop" };
+export type ParentMessage = { type: "memory" } | { type: "cpu" } | { type: "stop" };
 
 function send(m: ServerMessage): void {
   process.send?.(m);
@@ -49,6 +51,9 @@ async function main(): Promise<void> {
       const u = process.memoryUsage();
       const cpu = process.cpuUsage();
       send({ type: "memory", rss: u.rss, heapUsed: u.heapUsed, external: u.external, arrayBuffers: u.arrayBuffers, cpuMicros: cpu.user + cpu.system });
+    } else if (m.type === "cpu") {
+      const cpu = process.cpuUsage();
+      send({ type: "cpu", cpuMicros: cpu.user + cpu.system });
     } else if (m.type === "stop") {
       // close() drains running Asks; the bench cancels its streams before it stops the server.
       void server.close().then(

@@ -57,6 +57,13 @@ describe.skipIf(!databaseUrl)("bench --smoke", () => {
       expect(run!.latency.p50, id).toBeGreaterThan(0);
     }
     expect(results.runs["parley.ask.c4"]!.marks.ttft!.count).toBeGreaterThan(0);
+    // CPU per operation of the measured phase, by process: the server's over IPC, Postgres' from /proc
+    // when it runs on this machine.
+    const cpu = results.runs["parley.append.c4"]!.cpuMs!;
+    expect(cpu.client).toBeGreaterThan(0);
+    expect(cpu.server).toBeGreaterThan(0);
+    if (["127.0.0.1", "localhost", "[::1]"].includes(new URL(databaseUrl!).hostname)) expect(cpu.postgres).toBeTypeOf("number");
+    expect(results.runs["adk.append.h50"]!.cpuMs!.client).toBeGreaterThan(0);
     expect(results.peers).toEqual({ adk: { status: "ok" }, langgraph: { status: "ok" } });
     expect(results.memory!.started).toBe(results.memory!.streams);
     // The CPU both processes used while the streams were open, in cores.
@@ -70,6 +77,7 @@ describe.skipIf(!databaseUrl)("bench --smoke", () => {
     expect(report).toContain("## Goals");
     expect(report).toContain("vs per open bare Connect stream");
     expect(report).toContain("npm run bench -- --smoke");
+    expect(report).toContain("CPU ms/op: client + server + Postgres");
     const images = [...report.matchAll(/!\[[^\]]*\]\(([^)]+\.png)\)/g)].map((m) => m[1]!);
     expect(images.sort()).toEqual(["history.png", "throughput.png"]);
     for (const image of images) {
