@@ -9,22 +9,21 @@ import { readdirSync, readFileSync } from "node:fs";
 export interface CpuCounters {
   readonly client: number;
   readonly server: number;
-  /** Undefined when Postgres' processes cannot be read. */
-  readonly postgres: number | undefined;
+  /** By pid: Postgres' backends come and go (a pool closes an idle connection, a peer its pool). Undefined when they cannot be read. */
+  readonly postgres: ReadonlyMap<string, number> | undefined;
 }
 
 const TICK_MICROS = 1e6 / 100; // USER_HZ is 100 on Linux.
 
-/** utime + stime of every `postgres` process, in microseconds; undefined without /proc. */
-export function postgresCpuMicros(): number | undefined {
+/** utime + stime of every `postgres` process by pid, in microseconds; undefined without /proc or without any. */
+export function postgresCpuMicros(): Map<string, number> | undefined {
   let entries: string[];
   try {
     entries = readdirSync("/proc");
   } catch {
     return undefined;
   }
-  let ticks = 0;
-  let found = false;
+  const out = new Map<string, number>();
   for (const pid of entries) {
     if (!/^\d+$/.test(pid)) continue;
     let stat: string;
@@ -38,22 +37,32 @@ export function postgresCpuMicros(): number | undefined {
     if (stat.slice(stat.indexOf("(") + 1, close) !== "postgres") continue;
     const fields = stat.slice(close + 2).split(" ");
     // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the state field.
-    ticks += Number(fields[11]) + Number(fields[12]);
-    found = true;
+    out.set(pid, (Number(fields[11]) + Number(fields[12])) * TICK_MICROS);
   }
-  return found ? ticks * TICK_MICROS : undefined;
+  return out.size > 0 ? out : undefined;
 }
 
-/** Milliseconds of CPU per operation between two readings. */
+/**
+ * Postgres' CPU microseconds between two readings: for each process, what it used since the
+ * first reading (all of it when it started after). A backend that exited in between takes
+ * what it used since the first reading with it (not counted): the figure is a lower bound.
+ */
+export function postgresDelta(from: CpuCounters["postgres"], to: CpuCounters["postgres"]): number | undefined {
+  if (!from || !to) return undefined;
+  let sum = 0;
+  for (const [pid, t] of to) sum += t - (from.get(pid) ?? 0);
+  return sum;
+}
+
+/** Milliseconds of CPU per operation from microseconds used over ops operations. */
 export function cpuPerOp(
-  from: CpuCounters,
-  to: CpuCounters,
+  used: { readonly client: number; readonly server: number; readonly postgres: number | undefined },
   ops: number,
 ): { client: number; server: number; postgres?: number } {
-  const per = (a: number, b: number) => Math.round(((b - a) / 1000 / Math.max(1, ops)) * 1000) / 1000;
+  const per = (us: number) => Math.round((us / 1000 / Math.max(1, ops)) * 1000) / 1000;
   return {
-    client: per(from.client, to.client),
-    server: per(from.server, to.server),
-    ...(from.postgres !== undefined && to.postgres !== undefined ? { postgres: per(from.postgres, to.postgres) } : {}),
+    client: per(used.client),
+    server: per(used.server),
+    ...(used.postgres !== undefined ? { postgres: per(used.postgres) } : {}),
   };
 }

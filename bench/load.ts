@@ -3,7 +3,7 @@
 // dropped, then for a duration or an operation count; latencies go to HDR histograms.
 import { SingleBar, Presets } from "cli-progress";
 import * as hdr from "hdr-histogram-js";
-import { cpuPerOp, type CpuCounters } from "./cpu.js";
+import { cpuPerOp, postgresDelta, type CpuCounters } from "./cpu.js";
 
 /** Percentiles of one histogram, in milliseconds. */
 export interface Latency {
@@ -33,6 +33,30 @@ export interface LoadResult {
   readonly marks: Readonly<Record<string, Latency>>;
   /** CPU milliseconds per operation in the measured phase, by process (when counters were given). */
   readonly cpuMs?: { readonly client: number; readonly server: number; readonly postgres?: number };
+  /** Throughput of each round, when the run was measured in several (see LoadTotals). */
+  readonly rounds?: readonly number[];
+}
+
+/**
+ * What the rounds of one run add up to: runLoad called again with the same totals measures
+ * another round of the same run (interleaved with other runs in between), and returns the
+ * result of all rounds so far: operations over the sum of the measured windows, one latency
+ * histogram, CPU over all rounds' operations.
+ */
+export interface LoadTotals {
+  readonly latency: hdr.Histogram;
+  readonly marks: Map<string, hdr.Histogram>;
+  ops: number;
+  units: number;
+  errors: number;
+  firstError: string | undefined;
+  seconds: number;
+  cpu: { client: number; server: number; postgres: number | undefined } | undefined;
+  readonly rounds: number[];
+}
+
+export function newTotals(): LoadTotals {
+  return { latency: histogram(), marks: new Map(), ops: 0, units: 0, errors: 0, firstError: undefined, seconds: 0, cpu: undefined, rounds: [] };
 }
 
 /** Lets an operation record extra measurements (milliseconds). */
@@ -78,8 +102,12 @@ function record(h: hdr.Histogram, ms: number): void {
   h.recordValue(Math.max(1, Math.round(ms * 1000)));
 }
 
-/** Runs `concurrency` workers, each built by makeWorker(i) before the clock starts. */
-export async function runLoad(options: LoadOptions, makeWorker: (i: number) => Promise<Operation>): Promise<LoadResult> {
+/** Runs `concurrency` workers, each built by makeWorker(i) before the clock starts; adds to totals when given (another round of the same run). */
+export async function runLoad(
+  options: LoadOptions,
+  makeWorker: (i: number) => Promise<Operation>,
+  totals: LoadTotals = newTotals(),
+): Promise<LoadResult> {
   const workers = await Promise.all(Array.from({ length: options.concurrency }, (_, i) => makeWorker(i)));
   const latency = histogram();
   const marks = new Map<string, hdr.Histogram>();
@@ -170,17 +198,41 @@ export async function runLoad(options: LoadOptions, makeWorker: (i: number) => P
   bar?.update(100, { phase: "done", ops });
   bar?.stop();
   const to = await countersTo;
+  const t = totals;
+  t.latency.add(latency);
+  for (const [k, h] of marks) {
+    const into = t.marks.get(k);
+    if (into) into.add(h);
+    else t.marks.set(k, h);
+  }
+  t.ops += ops;
+  t.units += units;
+  t.errors += errors;
+  t.firstError ??= firstError;
+  t.seconds += seconds;
+  t.rounds.push(ops / seconds);
+  if (countersFrom && to) {
+    const pg = postgresDelta(countersFrom.postgres, to.postgres);
+    const prev = t.cpu;
+    t.cpu = {
+      client: (prev?.client ?? 0) + to.client - countersFrom.client,
+      server: (prev?.server ?? 0) + to.server - countersFrom.server,
+      // Postgres' share only when every round could read it.
+      postgres: pg !== undefined && (prev === undefined || prev.postgres !== undefined) ? (prev?.postgres ?? 0) + pg : undefined,
+    };
+  }
   return {
     name: options.name,
     concurrency: options.concurrency,
-    ops,
-    errors,
-    ...(firstError !== undefined ? { firstError } : {}),
-    seconds,
-    throughput: ops / seconds,
-    unitsPerSecond: units / seconds,
-    latency: summary(latency),
-    marks: Object.fromEntries([...marks].map(([k, h]) => [k, summary(h)])),
-    ...(countersFrom && to ? { cpuMs: cpuPerOp(countersFrom, to, ops) } : {}),
+    ops: t.ops,
+    errors: t.errors,
+    ...(t.firstError !== undefined ? { firstError: t.firstError } : {}),
+    seconds: t.seconds,
+    throughput: t.ops / t.seconds,
+    unitsPerSecond: t.units / t.seconds,
+    latency: summary(t.latency),
+    marks: Object.fromEntries([...t.marks].map(([k, h]) => [k, summary(h)])),
+    ...(t.cpu ? { cpuMs: cpuPerOp(t.cpu, t.ops) } : {}),
+    ...(t.rounds.length > 1 ? { rounds: [...t.rounds] } : {}),
   };
 }

@@ -136,6 +136,18 @@ export function goals(r: BenchResults): Goal[] {
       target: "≤ 1 (p50 ≤ 3 ms)",
       holds: p50 !== undefined ? p50 <= 3 : undefined,
     });
+    // What the framework alone takes to open a server stream and deliver its first message, measured in turn with the Asks.
+    const bare1 = run("echo.stream.c1")?.marks.ttft?.p50;
+    if (p50 !== undefined && bare1 !== undefined) {
+      out.push({
+        goal: "(context) Ask time to first token p50 at c=1 vs a bare Connect stream's time to its first message",
+        measured: `${fmt(p50)} ms`,
+        baseline: `${fmt(bare1)} ms`,
+        ratio: p50 / bare1,
+        target: "context",
+        holds: undefined,
+      });
+    }
   }
   const askMid = Object.values(r.runs).find((x) => x.name.startsWith("parley.ask.c") && x.concurrency > 1 && askEcho(r, x.concurrency));
   if (askMid) {
@@ -319,7 +331,7 @@ function runTable(
       return [
         `\`${x.name}\``,
         x.concurrency,
-        fmt(x.throughput),
+        x.rounds ? `${fmt(x.throughput)} (${fmt(Math.min(...x.rounds))}–${fmt(Math.max(...x.rounds))})` : fmt(x.throughput),
         ...(units ? [fmt(x.unitsPerSecond)] : []),
         fmt(x.latency.p50),
         fmt(x.latency.p99),
@@ -330,7 +342,7 @@ function runTable(
       ];
     });
   return table(
-    ["run", "c", "ops/s", ...(units ? [units] : []), "p50 ms", "p99 ms", "TTFT p50 / p99 ms", "ratio (ops/s)", "CPU ms/op: client + server + Postgres", "errors"],
+    ["run", "c", "ops/s (range of its rounds)", ...(units ? [units] : []), "p50 ms", "p99 ms", "TTFT p50 / p99 ms", "ratio (ops/s)", "CPU ms/op: client + server + Postgres", "errors"],
     rows,
   );
 }
@@ -357,7 +369,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     `- Versions: ${Object.entries(m.versions).map(([k, v]) => `${k} ${v}`).join(", ")}`,
     `- Pool size: ${m.poolSize} connections for Parley's server, the raw pg baseline and LangGraph (pg.Pool default); ADK uses MikroORM's default pool.`,
     `- Client and server on this one machine: the load generator and the peers (in-process) run in one Node process, the Parley server (Postgres, then PGlite) in another, over gRPC (HTTP/2 cleartext) through \`createParleyClient\`. The server runs as compiled by tsc (\`tsconfig.bench.json\`: src, gen and bench/server.ts into \`dist/bench-server\`), the JavaScript \`npm start\` runs, not through tsx's loader.`,
-    `- Phases: warm-up ${m.profile.warmupMs} ms then ${m.profile.durationMs} ms measured per run (closed loop: each of c workers starts its next call when the previous one ends).`,
+    `- Phases: warm-up ${m.profile.warmupMs} ms then ${m.profile.durationMs} ms measured per run (closed loop: each of c workers starts its next call when the previous one ends).${Number(m.profile.rounds ?? 1) > 1 ? ` The runs of scenarios 1 and 2 and the baselines they are compared with are measured in ${m.profile.rounds} rounds of ${Number(m.profile.durationMs) / Number(m.profile.rounds)} ms each (three times as long for the Asks at c > 16; after ${Number(m.profile.warmupMs) / 4} ms of warm-up from the second round on), taken in turn (echo, append, get, list, echo, append, …; echo, Asks, echo, Asks, …): both sides of a ratio sample the same stretch of the shared machine's load. Their figures are over all rounds; the range in brackets is the lowest and highest round's throughput.` : ""}`,
     "- CPU ms/op: the CPU time the bench client process (the load generator, and the peers, which run in it), the server process and every `postgres` process on the machine (from /proc) used during a run's measured phase, divided by its operations. Kernel work not charged to a process (loopback TCP delivery in softirq) is not in it. It moves much less with the shared machine's load than throughput does: it says what an operation costs, where a ratio of throughputs says what the machine happened to give.",
     ...m.notes.map((n) => `- ${n}`),
     "",
@@ -374,7 +386,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     "",
     "Bare Connect service (`bench/echo.ts`: unary echo; server stream of small messages) on the same one-port server",
     "and process as Parley, without Parley's interceptors; raw `pg` with the statements Parley's repository issues.",
-    "Each `echo.unary.c*` runs right before scenario 1's runs at the same concurrency, and `echo.unary.ask.c*` and the top `echo.stream.c*` right before the Asks they are compared with, so both sides of a ratio see the same machine load.",
+    "Each `echo.unary.c*` runs in turn with scenario 1's runs at the same concurrency (one round of each, then the next), and `echo.unary.ask.c*` and the top `echo.stream.c*` in turn with the Asks they are compared with, so both sides of a ratio see the same machine load.",
     "",
     runTable(r, [...by("echo."), ...by("pg.")], undefined, "units/s"),
     "",
@@ -430,7 +442,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
     `ADK: ${r.peers.adk ? (r.peers.adk.status === "ok" ? "ran" : `could not run: ${r.peers.adk.error}`) : "not run"}. LangGraph: ${r.peers.langgraph ? (r.peers.langgraph.status === "ok" ? "ran" : `could not run: ${r.peers.langgraph.error}`) : "not run"}.`,
     "The same conversation on all three sides (`bench/peers.ts`): a turn is a user message of 200 characters and an answer of 1,000 (varied prose; the answer carries its model, finish reason and token counts in each framework's own fields), and a history of N turns is 2N messages, seeded in bulk (Parley's rows and copies of the events ADK appended, in SQL; one LangGraph checkpoint holding them all), then each side's database vacuumed and analyzed. " +
       "Append (`*.append.*`) stores the conversation's next message, user and answer in turn: Parley AppendMessages(1) over gRPC; ADK `appendEvent` of the event its Runner (user) or LlmAgent (answer) creates; LangGraph `put` of the checkpoint a `StateGraph(MessagesAnnotation)` writes when a node adds one message (LangChain `HumanMessage`/`AIMessage` objects, the whole `messages` channel stored as one blob by the saver's serde; the input checkpoint and the `putWrites` of a real turn are not counted). " +
-      "Load (`*.load.*`) reads the last 20 messages: ListMessages(last 20); `getSession({numRecentEvents: 20})`; `getTuple` of the latest checkpoint, which holds the whole history. `listSessions` of one user against ListSessions. Each run starts with one round of all workers' operations and is measured for at least two such rounds, or one more round when a round takes over 30 s (notes above). Ratio: Parley's ops/s over the peer's.",
+      "Load (`*.load.*`) reads the last 20 messages: ListMessages(last 20); `getSession({numRecentEvents: 20})`; `getTuple` of the latest checkpoint, which holds the whole history. `listSessions` of one user against ListSessions. Each run starts with one round of all workers' operations (a warm-up that also times a round). The runs of one operation and history length (Parley's and each peer's) whose round is short are then measured in rounds taken in turn (Parley, ADK, LangGraph, Parley, …), like scenarios 1 and 2; a slower one is measured on its own for at least two of its rounds, or for one more round when a round takes over 30 s (notes above). Ratio: Parley's ops/s over the peer's.",
     "",
     runTable(
       r,

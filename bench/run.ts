@@ -15,7 +15,7 @@ import { v7 as uuidv7 } from "uuid";
 import { createParleyClient, MessageRole, type NodeParleyClient } from "../src/client/node.js";
 import { EchoService } from "./echo.js";
 import { postgresCpuMicros, type CpuCounters } from "./cpu.js";
-import { runLoad, type LoadResult, type Operation } from "./load.js";
+import { newTotals, runLoad, type LoadResult, type LoadTotals, type Operation } from "./load.js";
 import { FAST_MODEL, FAST_TOKEN_TEXT, FAST_TOKENS, SLOW_MODEL } from "./models.js";
 import { ANSWER_INFO, ANSWER_TEXTS, chatMessage, createAdkPeer, createLangGraphPeer, USER_TEXTS } from "./peers.js";
 import { renderReport, type BenchResults, type RunRecord, versionsOf } from "./report.js";
@@ -26,6 +26,8 @@ const benchDir = fileURLToPath(new URL(".", import.meta.url));
 /** Sizes of one bench run. */
 interface Profile {
   readonly durationMs: number;
+  /** Rounds each run of scenarios 1 and 2 is measured in, interleaved with the runs it is compared with. */
+  readonly rounds: number;
   /** When set, each measured phase is this many operations instead of durationMs (the smoke run: it must not depend on speed). */
   readonly ops?: number;
   readonly warmupMs: number;
@@ -45,6 +47,7 @@ interface Profile {
 
 const FULL: Profile = {
   durationMs: 4_000,
+  rounds: 4,
   warmupMs: 1_000,
   concurrency: [1, 16, 64],
   askConcurrency: [1, 64, 256],
@@ -61,6 +64,7 @@ const FULL: Profile = {
 
 const SMOKE: Profile = {
   durationMs: 200,
+  rounds: 2,
   ops: 8,
   warmupMs: 50,
   concurrency: [1, 4],
@@ -88,6 +92,7 @@ const program = new Command()
   .option("--out <dir>", "where the JSON, REPORT.md and the charts go", benchDir)
   .option("--duration <ms>", "measured phase of each run", (v) => Number(v))
   .option("--warmup <ms>", "warm-up of each run", (v) => Number(v))
+  .option("--rounds <n>", "rounds the runs of scenarios 1 and 2 are measured in, interleaved with their baselines (default 4)", (v) => Number(v))
   .option("--concurrency <list>", "concurrency levels of scenario 1 and the baselines, e.g. 1,16,64", (v) => v.split(",").map(Number))
   .option("--ask-concurrency <list>", "concurrent Asks of scenario 2, e.g. 1,64,256", (v) => v.split(",").map(Number))
   .option("--streams <n>", "slow Asks scenario 4 tries to hold open (default 2000)", (v) => Number(v))
@@ -101,6 +106,7 @@ const opts = program.opts<{
   out: string;
   duration?: number;
   warmup?: number;
+  rounds?: number;
   cpuProf?: string;
   only?: string;
   concurrency?: number[];
@@ -113,6 +119,7 @@ const profile: Profile = {
   ...base,
   ...(opts.duration ? { durationMs: opts.duration } : {}),
   ...(opts.warmup !== undefined ? { warmupMs: opts.warmup } : {}),
+  ...(opts.rounds ? { rounds: opts.rounds } : {}),
   ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
   ...(opts.askConcurrency ? { askConcurrency: opts.askConcurrency } : {}),
   ...(opts.streams ? { streams: opts.streams } : {}),
@@ -122,26 +129,41 @@ const runs: Record<string, RunRecord> = {};
 const notes: string[] = [];
 const log = (s: string) => process.stderr.write(`${s}\n`);
 
+/** The rounds measured so far of the runs measured in rounds, by id. */
+const roundTotals = new Map<string, LoadTotals>();
+
+/**
+ * One run, or with `round` one of profile.rounds rounds of it: each round measures 1/rounds of
+ * the phase (the first after the full warm-up, the others after a quarter of it) and runs[id]
+ * holds all rounds so far. The runs a goal compares are measured round by round in turn
+ * (echo, append, get, list, echo, …), so that both sides of a ratio sample the same stretch of
+ * the shared machine's load, not two different moments of it.
+ */
 async function load(
   id: string,
   tags: RunRecord["tags"],
-  o: { concurrency: number; ops?: number; durationMs?: number },
+  o: { concurrency: number; ops?: number; durationMs?: number; round?: number },
   make: (i: number) => Promise<Operation>,
 ): Promise<LoadResult> {
+  const rounds = o.round === undefined ? 1 : profile.rounds;
+  let totals = roundTotals.get(id);
+  if (!totals || o.round === undefined || o.round === 0) roundTotals.set(id, (totals = newTotals()));
+  const ops = o.ops ?? profile.ops;
   const r = await runLoad(
     {
-      name: id,
+      name: rounds > 1 ? `${id} (${o.round! + 1}/${rounds})` : id,
       concurrency: o.concurrency,
-      durationMs: o.durationMs ?? profile.durationMs,
-      warmupMs: profile.warmupMs,
+      durationMs: (o.durationMs ?? profile.durationMs) / rounds,
+      warmupMs: o.round ? profile.warmupMs / 4 : profile.warmupMs,
       progress: opts.progress,
       counters: cpuCounters,
-      ...((o.ops ?? profile.ops) !== undefined ? { ops: o.ops ?? profile.ops } : {}),
+      ...(ops !== undefined ? { ops: Math.ceil(ops / rounds) } : {}),
     },
     make,
+    totals,
   );
-  runs[id] = { ...r, tags };
-  if (r.errors > 0) log(`  ${id}: ${r.errors} errors, first: ${r.firstError}`);
+  runs[id] = { ...r, name: id, tags };
+  if (r.errors > 0 && (o.round === undefined || o.round === rounds - 1)) log(`  ${id}: ${r.errors} errors, first: ${r.firstError}`);
   return r;
 }
 
@@ -342,19 +364,24 @@ function appendOp(client: NodeParleyClient, sessionId: string, n = 1): Operation
 // ---------------------------------------------------------------- parts
 
 /** The bare unary echo at concurrency c. */
-async function echoUnary(server: BenchServer, c: number, id = `echo.unary.c${c}`, op = "echo"): Promise<void> {
+async function echoUnary(server: BenchServer, c: number, id = `echo.unary.c${c}`, op = "echo", round?: number): Promise<void> {
   const echo = createClient(EchoService, server.client.transport);
-  await load(id, { system: "connect", op, concurrency: c }, { concurrency: c }, async () => async () => {
+  await load(id, { system: "connect", op, concurrency: c }, { concurrency: c, ...(round !== undefined ? { round } : {}) }, async () => async () => {
     await echo.echo({ text: CONTENT });
   });
 }
 
 /** The bare server stream of profile.streamMessages small messages at concurrency c. */
-async function echoStream(server: BenchServer, c: number): Promise<void> {
+async function echoStream(server: BenchServer, c: number, round?: number): Promise<void> {
   const echo = createClient(EchoService, server.client.transport);
-  await load(`echo.stream.c${c}`, { system: "connect", op: "stream", concurrency: c }, { concurrency: c }, async () => async () => {
+  await load(`echo.stream.c${c}`, { system: "connect", op: "stream", concurrency: c }, { concurrency: c, ...(round !== undefined ? { round } : {}) }, async () => async (rec) => {
+    const t0 = performance.now();
     let n = 0;
-    for await (const m of echo.stream({ text: "tok ", count: profile.streamMessages })) n += m.text.length > 0 ? 1 : 0;
+    for await (const m of echo.stream({ text: "tok ", count: profile.streamMessages })) {
+      // Time to the first message: what the framework alone takes to open a stream and deliver one.
+      if (n === 0) rec.mark("ttft", performance.now() - t0);
+      n += m.text.length > 0 ? 1 : 0;
+    }
     return n;
   });
 }
@@ -412,22 +439,24 @@ async function scenario1(server: BenchServer, agentId: string, backend: string, 
     }
     return readSessions[i]!;
   }
-  // One concurrency level at a time, each right after its bare echo (Postgres backend), so that
-  // the runs compared in the goals see the same machine load.
+  // One concurrency level at a time, in rounds: the bare echo (Postgres backend), then each
+  // operation, again and again, so that the runs compared in the goals see the same machine load.
   for (const c of profile.concurrency) {
-    if (backend === "postgres") await echoUnary(server, c);
-    await load(`${p}.append.c${c}`, tags("append", c), { concurrency: c }, async () =>
-      appendOp(server.client, await newSession(server.client, agentId)),
-    );
-    await load(`${p}.get.c${c}`, tags("get", c), { concurrency: c }, async (i) => {
-      const sessionId = await readSession(i);
-      return async () => {
-        await server.client.sessions.getSession({ sessionId });
-      };
-    });
-    await load(`${p}.list.c${c}`, tags("list", c), { concurrency: c }, async (i) =>
-      listOp(server.client, await readSession(i)),
-    );
+    for (let round = 0; round < profile.rounds; round++) {
+      if (backend === "postgres") await echoUnary(server, c, undefined, undefined, round);
+      await load(`${p}.append.c${c}`, tags("append", c), { concurrency: c, round }, async () =>
+        appendOp(server.client, await newSession(server.client, agentId)),
+      );
+      await load(`${p}.get.c${c}`, tags("get", c), { concurrency: c, round }, async (i) => {
+        const sessionId = await readSession(i);
+        return async () => {
+          await server.client.sessions.getSession({ sessionId });
+        };
+      });
+      await load(`${p}.list.c${c}`, tags("list", c), { concurrency: c, round }, async (i) =>
+        listOp(server.client, await readSession(i)),
+      );
+    }
   }
   if (backend === "postgres") {
     const c = profile.concurrency.includes(16) ? 16 : profile.concurrency.at(-1)!;
@@ -440,15 +469,19 @@ async function scenario1(server: BenchServer, agentId: string, backend: string, 
 async function scenario2(server: BenchServer, agentId: string): Promise<void> {
   const top = profile.askConcurrency.at(-1)!;
   for (const c of profile.askConcurrency) {
-    // The baselines the Asks at c are compared with, right before them (same machine load):
+    // The baselines the Asks at c are compared with, in rounds with them (same machine load):
     // the echo's p50 (overhead goal), and at the top concurrency the bare stream (deltas/s goal).
-    if (c > 1) await echoUnary(server, c, `echo.unary.ask.c${c}`, "echo-ask");
-    if (c === top) await echoStream(server, c);
-    // At high concurrency one Ask takes seconds: a longer phase so that many complete inside it.
-    const durationMs = c > 16 ? profile.durationMs * 3 : profile.durationMs;
-    await load(`parley.ask.c${c}`, { system: "parley", op: "ask", concurrency: c }, { concurrency: c, durationMs }, async () =>
-      askOp(server.client, await newSession(server.client, agentId)),
-    );
+    // Each round's Asks run in new sessions.
+    for (let round = 0; round < profile.rounds; round++) {
+      if (c > 1) await echoUnary(server, c, `echo.unary.ask.c${c}`, "echo-ask", round);
+      // At c=1 the bare stream's time to its first message, for context (the c=1 goal is absolute).
+      if (c === top || c === 1) await echoStream(server, c, round);
+      // At high concurrency one Ask takes seconds: a longer phase so that many complete inside it.
+      const durationMs = c > 16 ? profile.durationMs * 3 : profile.durationMs;
+      await load(`parley.ask.c${c}`, { system: "parley", op: "ask", concurrency: c }, { concurrency: c, durationMs, round }, async () =>
+        askOp(server.client, await newSession(server.client, agentId)),
+      );
+    }
   }
 }
 
@@ -656,38 +689,62 @@ function peerAppendOp(client: NodeParleyClient, sessionId: string, first: number
   };
 }
 
+/** One side of a peer comparison at one history length: Parley, ADK or LangGraph. */
+interface PeerSide {
+  readonly id: string;
+  readonly tags: RunRecord["tags"];
+  /** A worker's operation, with its own session seeded to the history length. */
+  readonly make: () => Promise<Operation>;
+  /** The side's database after its bulk seeding: vacuumed and analyzed. */
+  readonly settle?: () => Promise<void>;
+  /** Called when the side cannot run (its workers failed to set up): the comparison goes on without it. */
+  readonly fail?: (err: unknown) => void;
+}
+
 /**
- * One run of the peer comparison. Before the clock starts, every worker runs its operation
- * once, all at the same time (a warm-up round that also times one round); the measured phase
- * then lasts at least two such rounds, so that even the slowest operations (LangGraph's and
- * ADK's at long histories take seconds) complete many times in it. An operation whose round
- * takes over 30 s is measured for one more round instead (ops = concurrency), to bound the run.
+ * The runs of one peer comparison (the same operation on Parley and the peers). Each side first
+ * sets up its workers (each seeded, then the side's database settled) and runs its operation once
+ * on every worker, all at the same time: a warm-up round that also times one round. The sides
+ * whose round is short (under half a phase) are then measured in profile.rounds rounds taken in
+ * turn (Parley, ADK, LangGraph, Parley, …), so that the ratios compare the same stretch of the
+ * machine's load. A slower side is measured on its own, for at least two of its rounds, or for
+ * one more round when a round takes over 30 s (LangGraph's and ADK's operations at long
+ * histories take seconds), to bound the run.
  */
-async function peerLoad(
-  id: string,
-  tags: RunRecord["tags"],
-  make: () => Promise<Operation>,
-  settle?: () => Promise<void>,
-): Promise<void> {
+async function peerRuns(sides: readonly PeerSide[]): Promise<void> {
   const c = profile.peerConcurrency;
-  const ops = await Promise.all(Array.from({ length: c }, () => make()));
-  // Each side's database after its bulk seeding: vacuumed and analyzed, so no side is
-  // measured while autovacuum catches up with the rows just seeded.
-  await settle?.();
-  const t0 = performance.now();
-  // A failing operation fails in the measured phase too, where runLoad counts it.
-  await Promise.allSettled(ops.map((op) => op({ mark() {} })));
-  const round = performance.now() - t0;
-  if (round > 30_000 && profile.ops === undefined) {
-    notes.push(`\`${id}\`: measured for one round of ${c} operations (its warm-up round took ${(round / 1000).toFixed(0)} s).`);
-    await load(id, tags, { concurrency: c, ops: c }, async (i) => ops[i]!);
-    return;
+  const ready: { side: PeerSide; ops: Operation[]; round: number }[] = [];
+  for (const side of sides) {
+    let ops: Operation[];
+    try {
+      ops = await Promise.all(Array.from({ length: c }, () => side.make()));
+      await side.settle?.();
+    } catch (err) {
+      if (!side.fail) throw err;
+      side.fail(err);
+      continue;
+    }
+    const t0 = performance.now();
+    // A failing operation fails in the measured phase too, where runLoad counts it.
+    await Promise.allSettled(ops.map((op) => op({ mark() {} })));
+    ready.push({ side, ops, round: performance.now() - t0 });
   }
-  const durationMs = Math.max(profile.durationMs, Math.ceil(2 * round));
-  if (durationMs > profile.durationMs && profile.ops === undefined) {
-    notes.push(`\`${id}\`: measured for ${(durationMs / 1000).toFixed(0)} s, two rounds of its ${(round / 1000).toFixed(1)} s warm-up round.`);
+  const quick = ready.filter((x) => x.round <= profile.durationMs / 2 || profile.ops !== undefined);
+  for (let round = 0; round < profile.rounds; round++) {
+    for (const { side, ops } of quick) {
+      await load(side.id, side.tags, { concurrency: c, round }, async (i) => ops[i]!);
+    }
   }
-  await load(id, tags, { concurrency: c, durationMs }, async (i) => ops[i]!);
+  for (const { side, ops, round } of ready.filter((x) => !quick.includes(x))) {
+    if (round > 30_000) {
+      notes.push(`\`${side.id}\`: measured for one round of ${c} operations (its warm-up round took ${(round / 1000).toFixed(0)} s).`);
+      await load(side.id, side.tags, { concurrency: c, ops: c }, async (i) => ops[i]!);
+      continue;
+    }
+    const durationMs = Math.max(profile.durationMs, Math.ceil(2 * round));
+    notes.push(`\`${side.id}\`: measured on its own for ${(durationMs / 1000).toFixed(0)} s, two rounds of its ${(round / 1000).toFixed(1)} s warm-up round.`);
+    await load(side.id, side.tags, { concurrency: c, durationMs }, async (i) => ops[i]!);
+  }
 }
 
 /** After bulk seeding (or scenario 1's writes): VACUUM ANALYZE of the written tables, then a CHECKPOINT (the empty-table runs get the same). */
@@ -721,63 +778,82 @@ async function peers(parleyServer: BenchServer, parleyPool: pg.Pool, agentId: st
     await parleyPool.query("vacuum analyze sessions");
   };
   const status: BenchResults["peers"] = {};
-  // Parley at the same history lengths (turns) and concurrency, with the same messages as the
-  // peers (bench/peers.ts), for the side-by-side ratios.
-  for (const h of profile.peerHistory) {
-    const seeded = async () => {
-      const id = await newSession(parleyServer.client, agentId);
-      if (h > 0) await seedTurns(parleyPool, id, h);
-      return id;
-    };
-    const tags = (op: string) => ({ system: "parley", op, history: h, concurrency: c });
-    await peerLoad(`parley.peer.append.h${h}`, tags("append"), async () => peerAppendOp(parleyServer.client, await seeded(), 2 * h), settleParley);
-    await peerLoad(`parley.peer.load.h${h}`, tags("load"), async () => listOp(parleyServer.client, await seeded()), settleParley);
+  type Peer = Awaited<ReturnType<typeof createAdkPeer>> | Awaited<ReturnType<typeof createLangGraphPeer>>;
+  const open: { name: "adk" | "langgraph"; url: string; peer: Peer }[] = [];
+  const failed = (name: "adk" | "langgraph") => (err: unknown) => {
+    const error = err instanceof Error ? err.message : String(err);
+    status[name] = { status: "failed", error };
+    log(`${name === "adk" ? "ADK" : "LangGraph"} failed: ${error}`);
+    const i = open.findIndex((p) => p.name === name);
+    if (i >= 0) void open.splice(i, 1)[0]!.peer.close().catch(() => {});
+  };
+  for (const [name, create] of [
+    ["adk", createAdkPeer],
+    ["langgraph", createLangGraphPeer],
+  ] as const) {
+    try {
+      const url = await createDatabase(name);
+      open.push({ name, url, peer: await create(url) });
+      status[name] = { status: "ok" };
+    } catch (err) {
+      failed(name)(err);
+    }
   }
-  {
-    const tags = { system: "parley", op: "list-sessions", history: profile.peerHistory[0]!, concurrency: c };
-    await peerLoad(`parley.peer.list-sessions`, tags, async () => {
-      const userId = `user-${uuidv7()}`;
-      await newSession(parleyServer.client, agentId, userId);
-      return async () => {
-        await parleyServer.client.sessions.listSessions({ userId });
+  try {
+    // Parley and each peer at the same history lengths (turns) and concurrency, with the same
+    // messages (bench/peers.ts), run by run in turn for the side-by-side ratios.
+    for (const h of profile.peerHistory) {
+      const seeded = async () => {
+        const id = await newSession(parleyServer.client, agentId);
+        if (h > 0) await seedTurns(parleyPool, id, h);
+        return id;
       };
-    });
-  }
-  try {
-    const adkUrl = await createDatabase("adk");
-    const adk = await createAdkPeer(adkUrl);
-    try {
-      for (const h of profile.peerHistory) {
-        const tags = (op: string) => ({ system: "adk", op, history: h, concurrency: c });
-        await peerLoad(`adk.append.h${h}`, tags("append"), () => adk.appendWorker(h), () => vacuumAnalyze(adkUrl));
-        await peerLoad(`adk.load.h${h}`, tags("load"), () => adk.loadWorker(h), () => vacuumAnalyze(adkUrl));
+      for (const op of ["append", "load"] as const) {
+        const sides: PeerSide[] = [
+          {
+            id: `parley.peer.${op}.h${h}`,
+            tags: { system: "parley", op, history: h, concurrency: c },
+            make: async () => (op === "append" ? peerAppendOp(parleyServer.client, await seeded(), 2 * h) : listOp(parleyServer.client, await seeded())),
+            settle: settleParley,
+          },
+          ...open.map(({ name, url, peer }): PeerSide => ({
+            id: `${name}.${op}.h${h}`,
+            tags: { system: name, op, history: h, concurrency: c },
+            make: () => (op === "append" ? peer.appendWorker(h) : peer.loadWorker(h)),
+            settle: () => vacuumAnalyze(url),
+            fail: failed(name),
+          })),
+        ];
+        await peerRuns(sides);
       }
-      const h = profile.peerHistory[0]!;
-      await peerLoad(`adk.list-sessions`, { system: "adk", op: "list-sessions", history: h, concurrency: c }, () => adk.listWorker(h));
-      status.adk = { status: "ok" };
-    } finally {
-      await adk.close();
     }
-  } catch (err) {
-    status.adk = { status: "failed", error: err instanceof Error ? err.message : String(err) };
-    log(`ADK failed: ${status.adk.error}`);
-  }
-  try {
-    const lgUrl = await createDatabase("langgraph");
-    const lg = await createLangGraphPeer(lgUrl);
-    try {
-      for (const h of profile.peerHistory) {
-        const tags = (op: string) => ({ system: "langgraph", op, history: h, concurrency: c });
-        await peerLoad(`langgraph.append.h${h}`, tags("append"), () => lg.appendWorker(h), () => vacuumAnalyze(lgUrl));
-        await peerLoad(`langgraph.load.h${h}`, tags("load"), () => lg.loadWorker(h), () => vacuumAnalyze(lgUrl));
-      }
-      status.langgraph = { status: "ok" };
-    } finally {
-      await lg.close();
-    }
-  } catch (err) {
-    status.langgraph = { status: "failed", error: err instanceof Error ? err.message : String(err) };
-    log(`LangGraph failed: ${status.langgraph.error}`);
+    const h = profile.peerHistory[0]!;
+    const adk = open.find((p) => p.name === "adk");
+    await peerRuns([
+      {
+        id: "parley.peer.list-sessions",
+        tags: { system: "parley", op: "list-sessions", history: h, concurrency: c },
+        make: async () => {
+          const userId = `user-${uuidv7()}`;
+          await newSession(parleyServer.client, agentId, userId);
+          return async () => {
+            await parleyServer.client.sessions.listSessions({ userId });
+          };
+        },
+      },
+      ...(adk && "listWorker" in adk.peer
+        ? [
+            {
+              id: "adk.list-sessions",
+              tags: { system: "adk", op: "list-sessions", history: h, concurrency: c },
+              make: () => (adk.peer as Awaited<ReturnType<typeof createAdkPeer>>).listWorker(h),
+              fail: failed("adk"),
+            },
+          ]
+        : []),
+    ]);
+  } finally {
+    for (const { peer } of open) await peer.close().catch(() => {});
   }
   return status;
 }

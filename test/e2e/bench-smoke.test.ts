@@ -64,6 +64,14 @@ describe.skipIf(!databaseUrl)("bench --smoke", () => {
     expect(cpu.server).toBeGreaterThan(0);
     if (["127.0.0.1", "localhost", "[::1]"].includes(new URL(databaseUrl!).hostname)) expect(cpu.postgres).toBeTypeOf("number");
     expect(results.runs["adk.append.h50"]!.cpuMs!.client).toBeGreaterThan(0);
+    // Scenarios 1 and 2 are measured in rounds taken in turn with their baselines; the figures add them up.
+    for (const id of ["echo.unary.c4", "parley.append.c4", "parley.list.c1", "parley.ask.c4", "echo.stream.c4"]) {
+      expect(results.runs[id]!.rounds, id).toHaveLength(results.meta.profile.rounds as number);
+    }
+    expect(results.meta.profile.rounds).toBeGreaterThan(1);
+    expect(results.runs["parley.append.c4"]!.ops).toBe(8);
+    // The bare stream's time to its first message at c=1, the context of the Ask's at c=1.
+    expect(results.runs["echo.stream.c1"]!.marks.ttft!.count).toBeGreaterThan(0);
     expect(results.peers).toEqual({ adk: { status: "ok" }, langgraph: { status: "ok" } });
     expect(results.memory!.started).toBe(results.memory!.streams);
     // The CPU both processes used while the streams were open, in cores.
@@ -78,6 +86,7 @@ describe.skipIf(!databaseUrl)("bench --smoke", () => {
     expect(report).toContain("vs per open bare Connect stream");
     expect(report).toContain("npm run bench -- --smoke");
     expect(report).toContain("CPU ms/op: client + server + Postgres");
+    expect(report).toContain("vs a bare Connect stream's time to its first message");
     const images = [...report.matchAll(/!\[[^\]]*\]\(([^)]+\.png)\)/g)].map((m) => m[1]!);
     expect(images.sort()).toEqual(["history.png", "throughput.png"]);
     for (const image of images) {
