@@ -1,4 +1,5 @@
 import * as http from "node:http";
+import type * as http2 from "node:http2";
 import * as https from "node:https";
 import type { ConnectionOptions } from "node:tls";
 import type { Transport } from "@connectrpc/connect";
@@ -50,6 +51,31 @@ function tlsOptions(tls: NodeTlsOptions | undefined): ConnectionOptions {
   return o;
 }
 
+/**
+ * The flow-control window a client's HTTP/2 connection grants the server, across all of its
+ * streams (each stream keeps its own 64 KiB window besides). With the spec's initial 64 KiB,
+ * topped up each time half of it has been read, a connection carries at most 32 KiB per round
+ * trip of that update, and a busy client takes long to send it: 2,000 open Asks of the bench
+ * (a token every 100 ms each) fell behind their model and new Asks on the connection waited for
+ * their first token for over 30 s. gRPC's own clients open the window to MiBs for the same reason.
+ */
+export const CLIENT_CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
+
+/** Opens the connection window of every session it starts to CLIENT_CONNECTION_WINDOW_BYTES. */
+class WideWindowSessionManager extends Http2SessionManager {
+  readonly #widened = new WeakSet<http2.Http2Session>();
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<http2.ClientHttp2Stream> {
+    const stream = await super.request(...args);
+    const session = stream.session;
+    if (session && !session.destroyed && !this.#widened.has(session)) {
+      this.#widened.add(session);
+      session.setLocalWindowSize(CLIENT_CONNECTION_WINDOW_BYTES);
+    }
+    return stream;
+  }
+}
+
 /** Creates a Parley client for Node over gRPC (default) or Connect, sending the API key on every call. */
 export function createParleyClient(options: NodeParleyClientOptions): NodeParleyClient {
   const common = commonTransportOptions(options);
@@ -58,7 +84,7 @@ export function createParleyClient(options: NodeParleyClientOptions): NodeParley
   let close: () => void;
   if (options.transport !== "connect" || options.httpVersion === "2") {
     // One session per client (not per call), so that close() can end it.
-    const sessionManager = new Http2SessionManager(options.baseUrl, {}, tls);
+    const sessionManager = new WideWindowSessionManager(options.baseUrl, {}, tls);
     transport =
       options.transport === "connect"
         ? createConnectTransport({ ...common, httpVersion: "2", sessionManager, useBinaryFormat: !options.useJson })
