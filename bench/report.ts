@@ -431,7 +431,7 @@ export async function renderReport(r: BenchResults, outDir: string, jsonRel: str
         )
       : "Not run.",
     "",
-    "Opened in waves of 200, each waiting for its first tokens, until all are open or a wave does not fully start; memory is read while the started answers still stream and divided by the streams open then. The bare Connect streams (`bench/echo.ts`, the same server, a 4-byte message every 100 ms, as many as the slow Asks) are held open the same way first: the framework's own share of an open stream.",
+    "On a server process and a database of its own, started after the other scenarios' server stopped. Opened in waves of 200, each waiting for its first tokens, until all are open or a wave does not fully start; memory is read while the started answers still stream and divided by the streams open then. The bare Connect streams (`bench/echo.ts`, the same server, a 4-byte message every 100 ms, as many as the slow Asks) are held open the same way first: the framework's own share of an open stream.",
     "",
     "## Scenario 5: embedded PGlite against server Postgres",
     "",
