@@ -2,7 +2,8 @@
 // (this process), the server (its own process.cpuUsage over IPC) and Postgres (every process
 // named `postgres` on this machine, from /proc; absent where /proc is not readable or Postgres
 // runs elsewhere). Divided by the operations of the phase, it says what one operation costs
-// the machine, which moves much less with the machine's load than throughput does.
+// the machine: it moves with the machine's speed too, but less than throughput does, and it
+// says whether the cost is in the client, the server or Postgres.
 import { readdirSync, readFileSync } from "node:fs";
 
 /** CPU microseconds used so far, by process group. */
