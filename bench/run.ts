@@ -142,7 +142,7 @@ const roundTotals = new Map<string, LoadTotals>();
 async function load(
   id: string,
   tags: RunRecord["tags"],
-  o: { concurrency: number; ops?: number; durationMs?: number; round?: number },
+  o: { concurrency: number; ops?: number; durationMs?: number; round?: number | undefined },
   make: (i: number) => Promise<Operation>,
 ): Promise<LoadResult> {
   const rounds = o.round === undefined ? 1 : profile.rounds;
@@ -364,9 +364,13 @@ function appendOp(client: NodeParleyClient, sessionId: string, n = 1): Operation
 // ---------------------------------------------------------------- parts
 
 /** The bare unary echo at concurrency c. */
-async function echoUnary(server: BenchServer, c: number, id = `echo.unary.c${c}`, op = "echo", round?: number): Promise<void> {
+async function echoUnary(
+  server: BenchServer,
+  c: number,
+  { id = `echo.unary.c${c}`, op = "echo", round }: { id?: string; op?: string; round?: number } = {},
+): Promise<void> {
   const echo = createClient(EchoService, server.client.transport);
-  await load(id, { system: "connect", op, concurrency: c }, { concurrency: c, ...(round !== undefined ? { round } : {}) }, async () => async () => {
+  await load(id, { system: "connect", op, concurrency: c }, { concurrency: c, round }, async () => async () => {
     await echo.echo({ text: CONTENT });
   });
 }
@@ -374,7 +378,7 @@ async function echoUnary(server: BenchServer, c: number, id = `echo.unary.c${c}`
 /** The bare server stream of profile.streamMessages small messages at concurrency c. */
 async function echoStream(server: BenchServer, c: number, round?: number): Promise<void> {
   const echo = createClient(EchoService, server.client.transport);
-  await load(`echo.stream.c${c}`, { system: "connect", op: "stream", concurrency: c }, { concurrency: c, ...(round !== undefined ? { round } : {}) }, async () => async (rec) => {
+  await load(`echo.stream.c${c}`, { system: "connect", op: "stream", concurrency: c }, { concurrency: c, round }, async () => async (rec) => {
     const t0 = performance.now();
     let n = 0;
     for await (const m of echo.stream({ text: "tok ", count: profile.streamMessages })) {
@@ -443,7 +447,7 @@ async function scenario1(server: BenchServer, agentId: string, backend: string, 
   // operation, again and again, so that the runs compared in the goals see the same machine load.
   for (const c of profile.concurrency) {
     for (let round = 0; round < profile.rounds; round++) {
-      if (backend === "postgres") await echoUnary(server, c, undefined, undefined, round);
+      if (backend === "postgres") await echoUnary(server, c, { round });
       await load(`${p}.append.c${c}`, tags("append", c), { concurrency: c, round }, async () =>
         appendOp(server.client, await newSession(server.client, agentId)),
       );
@@ -473,7 +477,7 @@ async function scenario2(server: BenchServer, agentId: string): Promise<void> {
     // the echo's p50 (overhead goal), and at the top concurrency the bare stream (deltas/s goal).
     // Each round's Asks run in new sessions.
     for (let round = 0; round < profile.rounds; round++) {
-      if (c > 1) await echoUnary(server, c, `echo.unary.ask.c${c}`, "echo-ask", round);
+      if (c > 1) await echoUnary(server, c, { id: `echo.unary.ask.c${c}`, op: "echo-ask", round });
       // At c=1 the bare stream's time to its first message, for context (the c=1 goal is absolute).
       if (c === top || c === 1) await echoStream(server, c, round);
       // At high concurrency one Ask takes seconds: a longer phase so that many complete inside it.
