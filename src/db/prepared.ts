@@ -10,12 +10,16 @@ export const PREPARED_MARK = "/* parley:prepared */";
  * `sql` template) for a named prepared statement: each connection parses and
  * plans it once, not per call. Only statements whose text is one of a few fixed
  * shapes are marked (a connection keeps every statement it prepared), and only
- * those whose generic plan is the plan a custom one would be: primary-key reads
- * and writes, and the Ask's claim (its history window is bounded by the claimed
- * row's last_seq, which no plan knows in advance; checked with plan_cache_mode =
- * force_generic_plan). Range reads with a LIMIT are not: a generic plan of
- * `seq < $3 … limit $4` scans and sorts the whole session instead of reading
- * the window backwards.
+ * those whose generic plan is the plan a custom one would be, checked with
+ * plan_cache_mode = force_generic_plan: primary-key reads and writes, a
+ * session's messages by seq (a LIMITed range of the (session_id, seq) index,
+ * read in order whatever the limit and bounds: test/rpc/seq-race.test.ts), and
+ * the Ask's claim (whose history window is bounded by the claimed row's
+ * last_seq, which no plan knows in advance; a generic plan once fetched and
+ * sorted the whole session there, so the window's range bounds what any plan
+ * reads). ListSessions is not: its shapes vary with the filters, and with a
+ * user's or agent's session count unknown a generic plan may pick an index
+ * in the wrong order and sort.
  */
 export const prepared = sql.raw(` ${PREPARED_MARK}`);
 

@@ -175,7 +175,7 @@ export async function lastMessages(
     .where("session_id", "=", sessionId)
     .where("tenant_id", "=", tenantId);
   if (beforeSeq !== undefined) q = q.where("seq", "<", beforeSeq);
-  return q.orderBy("seq", "desc").limit(limit).execute();
+  return q.orderBy("seq", "desc").limit(limit).modifyEnd(prepared).execute();
 }
 
 export interface ListRange {
@@ -187,7 +187,11 @@ export interface ListRange {
   readonly limit: number;
 }
 
-/** One page of a session's messages by seq: one range scan on the (session_id, seq) index, never the whole session. */
+/**
+ * One page of a session's messages by seq: one range scan on the (session_id,
+ * seq) index, never the whole session. Prepared: its eight shapes' generic
+ * plans read that range in order too (test/rpc/seq-race.test.ts checks them).
+ */
 export function listMessagesQuery(db: Db, tenantId: string, sessionId: string, range: ListRange) {
   let q = db
     .selectFrom("messages")
@@ -196,7 +200,10 @@ export function listMessagesQuery(db: Db, tenantId: string, sessionId: string, r
     .where("tenant_id", "=", tenantId);
   if (range.afterSeq !== undefined) q = q.where("seq", ">", range.afterSeq);
   if (range.beforeSeq !== undefined) q = q.where("seq", "<", range.beforeSeq);
-  return q.orderBy("seq", range.descending ? "desc" : "asc").limit(range.limit);
+  return q
+    .orderBy("seq", range.descending ? "desc" : "asc")
+    .limit(range.limit)
+    .modifyEnd(prepared);
 }
 
 /** Executes listMessagesQuery. */

@@ -133,6 +133,26 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
 
     const explainRun = (q: CompiledQuery) => explain(r.base, q, { analyze: true });
 
+    /**
+     * The plan of q run as a prepared statement's generic plan (the one a
+     * connection settles on after five runs), which knows neither the session,
+     * the bounds nor the limit: the statements are prepared (src/db/prepared.ts).
+     */
+    async function explainGeneric(q: CompiledQuery): Promise<PlanNode> {
+      const literal = (v: unknown) => (typeof v === "number" ? String(v) : `'${String(v).replaceAll("'", "''")}'`);
+      return r.base.connection().execute(async (c) => {
+        await sql`set plan_cache_mode = force_generic_plan`.execute(c);
+        await sql.raw(`prepare parley_generic_check as ${q.sql}`).execute(c);
+        try {
+          const run = `execute parley_generic_check(${q.parameters.map(literal).join(", ")})`;
+          return await explain(c, { ...q, sql: run, parameters: [] }, { analyze: true });
+        } finally {
+          await sql`deallocate parley_generic_check`.execute(c);
+          await sql`reset plan_cache_mode`.execute(c);
+        }
+      });
+    }
+
     /** The plan is a Limit over a range scan of the (session_id, seq) index that read at most `window` rows. */
     function expectWindowScan(plan: PlanNode, window: number, seqInIndexCond: boolean) {
       expect(plan["Node Type"]).toBe("Limit");
@@ -151,7 +171,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       expect(first).toHaveLength(1);
       expect(first[0]!.sql).toMatch(/"session_id" = \$\d+/);
       expect(first[0]!.sql).toMatch(/"tenant_id" = \$\d+/);
-      expect(first[0]!.sql).toMatch(/order by "seq" asc limit \$\d+$/);
+      expect(first[0]!.sql).toMatch(/order by "seq" asc limit \$\d+\s+\/\* parley:prepared \*\/$/);
       expect(first[0]!.sql).not.toMatch(/count\(/i);
       expect(first[0]!.parameters.at(-1)).toBe(51);
       expectWindowScan(await explainRun(first[0]!), 51, false);
@@ -170,8 +190,23 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       );
       expect(down).toHaveLength(1);
       expect(down[0]!.sql).toMatch(/"seq" < \$\d+/);
-      expect(down[0]!.sql).toMatch(/order by "seq" desc limit \$\d+$/);
+      expect(down[0]!.sql).toMatch(/order by "seq" desc limit \$\d+\s+\/\* parley:prepared \*\/$/);
       expectWindowScan(await explainRun(down[0]!), 21, true);
+
+      // Their generic plans read the same window: each shape, with either bound and both.
+      const both = await messageQueries(() =>
+        r.messages.listMessages({ sessionId: big, afterSeq: BigInt(N / 4), beforeSeq: BigInt(N / 2), descending: true, pageSize: 30 }),
+      );
+      for (const [q, window, seqInIndexCond] of [
+        [first[0]!, 51, false],
+        [middle[0]!, 101, true],
+        [down[0]!, 21, true],
+        [both[0]!, 31, true],
+      ] as const) {
+        const plan = await explainGeneric(q);
+        expect(JSON.stringify(plan)).toMatch(/\$\d/); // generic: the parameters are in the plan, not their values
+        expectWindowScan(plan, window, seqInIndexCond);
+      }
     });
 
     it("the Ask's history read (the last N messages) scans only the window", async () => {
@@ -182,6 +217,7 @@ describe.each(backends())("seq under concurrency and O(window) history on %s", (
       const q = r.queries.filter((x) => /\bfrom "messages"/.test(x.sql));
       expect(q).toHaveLength(1);
       expectWindowScan(await explainRun(q[0]!), 50, false);
+      expectWindowScan(await explainGeneric(q[0]!), 50, false);
     });
   });
 });
