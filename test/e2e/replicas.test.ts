@@ -190,8 +190,8 @@ describe.runIf(enabled)("replicas: resume, cancel and crash recovery across serv
   it("SIGKILL of A mid-stream: after the lease expires the Ask is INTERRUPTED with its flushed content, resumers get Interrupted, the session takes a new Ask", async () => {
     const sessionId = await newSession();
     // A background Ask whose client has gone: nothing but the log will tell how it ended.
-    // (Leaving the client's stream open across the kill makes connect-node report an
-    // unhandled rejection in this test process; see the report of this change.)
+    // (Left open across the kill, the stream would end in an error that readUntilDeltas'
+    // `rest` promise rejects with; the client itself reports it only to its reader.)
     const detach = new AbortController();
     const onA = await startAsk(clientA, sessionId, 10, { background: true, signal: detach.signal });
     const seen = onA.events.at(-1)!.seq;
