@@ -36,8 +36,11 @@ export interface AskOptions {
    * with ResumeAsk from the last event received, up to this many times in a row.
    * Default 5; 0 turns resuming off. While resuming is on, the Ask runs as a
    * background Ask (so that a dropped connection does not cancel it) and
-   * aborting options.signal cancels it with CancelAsk (an abort before the
-   * Started event arrived cannot name the Ask: it then runs to its end).
+   * aborting options.signal cancels it with CancelAsk. Aborted before its
+   * Started event, ask() reads on for up to 2 s: a Started event names the Ask,
+   * which it then cancels; otherwise it closes the stream, which gives up the
+   * place of an Ask still waiting for its session (an Ask that starts later
+   * than that runs to its end).
    */
   readonly maxResumes?: number;
   /** Pause before the n-th resume in a row: min(250 ms * 2^(n-1), 4 s) by default. */
@@ -108,9 +111,13 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
       const { signal, timeoutMs, headers } = options;
       const maxResumes = options.maxResumes ?? 5;
       const resumeDelay = options.resumeDelayMs ?? ((n: number) => Math.min(250 * 2 ** (n - 1), 4_000));
+      if (signal?.aborted) throw abortedError();
       const deadline = timeoutMs !== undefined ? Date.now() + timeoutMs : undefined;
+      // The streams' own signal: the caller's abort ends them, except before Started while
+      // resuming is on (below); and whatever way ask() ends, nothing is left open.
+      const own = new AbortController();
       const callOptions = () => ({
-        signal,
+        signal: own.signal,
         headers,
         ...(deadline !== undefined ? { timeoutMs: Math.max(deadline - Date.now(), 1) } : {}),
       });
@@ -121,21 +128,32 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
       // A dropped connection must not cancel the Ask we mean to resume; the caller's abort still
       // does, and ask() returns only once the server has stopped it (the session is free again).
       let cancelling: Promise<unknown> | undefined;
+      const cancel = (id: string) => (cancelling ??= sessions.cancelAsk({ askId: id }, { headers, timeoutMs: 5_000 }).catch(() => {}));
+      // The caller's abort ends the read in flight (untilAborted). A background Ask (resuming on)
+      // aborted before its Started event keeps its stream open a while for Started to name it (finally).
       const onAbort = () => {
-        if (askId && !ended) cancelling = sessions.cancelAsk({ askId }, { headers, timeoutMs: 5_000 }).catch(() => {});
+        if (maxResumes === 0 || askId !== undefined || ended) {
+          if (askId !== undefined && !ended && maxResumes > 0) void cancel(askId);
+          own.abort();
+        }
       };
-      if (maxResumes > 0) signal?.addEventListener("abort", onAbort, { once: true });
+      signal?.addEventListener("abort", onAbort, { once: true });
+      type Responses = AsyncIterator<{ event?: AskEvent }>;
+      let responses: Responses = sessions
+        .ask(maxResumes > 0 ? { ...request, background: true } : request, callOptions())
+        [Symbol.asyncIterator]();
+      let pending: Promise<IteratorResult<{ event?: AskEvent }>> | undefined;
       try {
-        let stream: AsyncIterable<{ event?: AskEvent }> = sessions.ask(
-          maxResumes > 0 ? { ...request, background: true } : request,
-          callOptions(),
-        );
         for (;;) {
           try {
-            for await (const res of stream) {
+            for (;;) {
+              pending = responses.next();
+              const r = await (signal ? untilAborted(pending, signal) : pending);
+              pending = undefined;
+              if (r.done) break;
               // An AskResponse always carries an event; one without is skipped rather
               // than surfaced as a half-empty value.
-              const e = res.event;
+              const e = r.value.event;
               if (!e || e.seq <= lastSeq) continue;
               if (e.event.case === "started") askId = e.event.value.askId;
               lastSeq = e.seq;
@@ -153,14 +171,66 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
           }
           resumes++;
           await pause(resumeDelay(resumes), signal);
-          stream = sessions.resumeAsk({ askId, afterSeq: lastSeq }, callOptions());
+          responses = sessions.resumeAsk({ askId, afterSeq: lastSeq }, callOptions())[Symbol.asyncIterator]();
         }
       } finally {
         signal?.removeEventListener("abort", onAbort);
+        if (signal?.aborted && askId === undefined && !ended && pending && maxResumes > 0) {
+          await cancelWhenStarted(pending, responses, cancel, own);
+        }
+        own.abort();
         await cancelling;
       }
     },
   };
+}
+
+/** How long an ask() aborted before its Started event reads on for it, to cancel the Ask it names. */
+const CANCEL_BEFORE_START_WAIT_MS = 2_000;
+
+/**
+ * Reads an aborted Ask's stream on (from the read in flight) until its Started event, then
+ * cancels that Ask; gives up when the stream ends or fails, or after CANCEL_BEFORE_START_WAIT_MS
+ * (the Ask, if it then starts, runs to its end).
+ */
+async function cancelWhenStarted(
+  pending: Promise<IteratorResult<{ event?: AskEvent }>>,
+  responses: AsyncIterator<{ event?: AskEvent }>,
+  cancel: (askId: string) => Promise<unknown>,
+  own: AbortController,
+): Promise<void> {
+  const timer = setTimeout(() => own.abort(), CANCEL_BEFORE_START_WAIT_MS);
+  try {
+    for (let r = await pending; !r.done; r = await responses.next()) {
+      const e = r.value.event;
+      if (e?.event.case === "started") {
+        await cancel(e.event.value.askId);
+        return;
+      }
+      if (e && isTerminal(e)) return;
+    }
+  } catch {
+    // The stream failed or the wait ran out.
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * p, or a Canceled error as soon as signal aborts (its listener removed once p settles).
+ * p's outcome is always taken, so a read that fails after the abort is not left unhandled.
+ */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortedError());
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function abortedError(): ConnectError {
+  return new ConnectError("the Ask was aborted", Code.Canceled);
 }
 
 function isTerminal(e: AskEvent): boolean {
@@ -186,14 +256,14 @@ function resumable(err: unknown): boolean {
 
 function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new ConnectError("the Ask was aborted", Code.Canceled));
+    if (signal?.aborted) return reject(abortedError());
     const timer = setTimeout(() => {
       signal?.removeEventListener("abort", onAbort);
       resolve();
     }, ms);
     const onAbort = () => {
       clearTimeout(timer);
-      reject(new ConnectError("the Ask was aborted", Code.Canceled));
+      reject(abortedError());
     };
     signal?.addEventListener("abort", onAbort, { once: true });
   });

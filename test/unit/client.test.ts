@@ -127,6 +127,84 @@ describe("client core over an in-memory transport", () => {
   });
 });
 
+describe("ask() aborted before its Started event", () => {
+  // A Parley whose Ask waits for the test before it starts (or never starts) and which records
+  // CancelAsk calls.
+  function createSlowStart() {
+    const cancelled: string[] = [];
+    let entered!: () => void;
+    const handlerEntered = new Promise<void>((r) => (entered = r));
+    let start!: () => void;
+    const started = new Promise<void>((r) => (start = r));
+    let closed!: () => void;
+    const streamClosed = new Promise<void>((r) => (closed = r));
+    const routes = (router: ConnectRouter) => {
+      router.service(SessionService, {
+        async *ask(req: AskRequest, ctx) {
+          expect(req.background).toBe(true);
+          ctx.signal.addEventListener("abort", () => closed(), { once: true });
+          entered();
+          // "later": starts when the test says so; "never": waits for its client to leave.
+          await (req.content === "later" ? started : new Promise(() => {}));
+          yield { event: { askId: "ask-9", seq: 1n, event: { case: "started", value: { askId: "ask-9", assistantMessageId: "m-9" } } } };
+          await new Promise(() => {});
+        },
+        cancelAsk(req) {
+          cancelled.push(req.askId);
+          return {};
+        },
+      });
+    };
+    const client = createParleyClientFromTransport(createRouterTransport(routes));
+    return { client, cancelled, handlerEntered, start, streamClosed };
+  }
+
+  const run = (events: AsyncIterable<AskEvent>) =>
+    (async () => {
+      const seen: string[] = [];
+      for await (const e of events) seen.push(e.event.case ?? "");
+      return seen;
+    })().then(
+      (seen) => ({ seen, err: undefined }),
+      (err: unknown) => ({ seen: [] as string[], err }),
+    );
+
+  it("reads on until Started names the Ask, cancels it, then throws Canceled", async () => {
+    const fake = createSlowStart();
+    const abort = new AbortController();
+    const done = run(fake.client.ask({ sessionId: "s-1", content: "later" }, { signal: abort.signal }));
+    await fake.handlerEntered;
+    abort.abort();
+    // The caller's abort came first; the Ask starts only now (a claim already under way).
+    fake.start();
+    const { seen, err } = await done;
+    expect(ConnectError.from(err).code).toBe(Code.Canceled);
+    expect(seen).toEqual([]);
+    expect(fake.cancelled).toEqual(["ask-9"]);
+    await fake.streamClosed;
+  });
+
+  it("closes the stream of an Ask that does not start within the wait (giving up its place), cancelling nothing", async () => {
+    const fake = createSlowStart();
+    const abort = new AbortController();
+    const done = run(fake.client.ask({ sessionId: "s-1", content: "never" }, { signal: abort.signal }));
+    await fake.handlerEntered;
+    abort.abort();
+    const { err } = await done;
+    expect(ConnectError.from(err).code).toBe(Code.Canceled);
+    await fake.streamClosed;
+    expect(fake.cancelled).toEqual([]);
+  });
+
+  it("an already aborted signal calls nothing", async () => {
+    const fake = createSlowStart();
+    const { err } = await run(fake.client.ask({ sessionId: "s-1", content: "later" }, { signal: AbortSignal.abort() }));
+    expect(ConnectError.from(err).code).toBe(Code.Canceled);
+    const entered = await Promise.race([fake.handlerEntered.then(() => true), new Promise((r) => setTimeout(() => r(false), 50))]);
+    expect(entered).toBe(false);
+  });
+});
+
 describe("web entry point", () => {
   it("bundles for browsers without any Node built-in", async () => {
     const result = await build({
