@@ -94,4 +94,22 @@ describe.skipIf(!databaseUrl)("bench --smoke", () => {
     }
     expect(readdirSync(join(out, "results"))).toEqual(["smoke.json"]);
   });
+
+  it("bench/upload-latency.ts measures an upload through a delaying proxy against raw TCP", { timeout: 120_000 }, async () => {
+    // Needs no Postgres (the server runs on memory://); the smallest configuration.
+    const child = spawn(process.execPath, ["--import", "tsx", "bench/upload-latency.ts", "--mb", "1", "--delay-ms", "2", "--runs", "1"], {
+      cwd: repoRoot,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+    expect(code, stderr).toBe(0);
+    expect(stdout).toContain("1.0 MiB upload, 4 ms round trip, median of 1 runs");
+    for (const row of ["raw TCP through the proxy (baseline)", "Parley CreateDocument over gRPC (HTTP/2)", "Parley CreateDocument over Connect (HTTP/2)"]) {
+      expect(stdout).toMatch(new RegExp(`${row.replace(/[()]/g, "\\$&")} +\\d+ ms +\\d+\\.\\d\\dx`));
+    }
+  });
 });
