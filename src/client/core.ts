@@ -114,7 +114,7 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
       if (signal?.aborted) throw abortedError();
       const deadline = timeoutMs !== undefined ? Date.now() + timeoutMs : undefined;
       // The streams' own signal: the caller's abort ends them, except before Started while
-      // resuming is on (below); and whatever way ask() ends, nothing is left open.
+      // resuming is on (below).
       const own = new AbortController();
       const callOptions = () => ({
         signal: own.signal,
@@ -178,7 +178,10 @@ export function createParleyClientFromTransport(transport: Transport): ParleyCli
         if (signal?.aborted && askId === undefined && !ended && pending && maxResumes > 0) {
           await cancelWhenStarted(pending, responses, cancel, own);
         }
-        own.abort();
+        // A read still in flight ends with the stream; otherwise the stream ends as `for await`
+        // ends it (aborting one whose trailers are on their way makes the server's writes fail).
+        if (pending) own.abort();
+        else await responses.return?.();
         await cancelling;
       }
     },
